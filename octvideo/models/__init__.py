@@ -1,0 +1,9 @@
+"""Octave video and image networks, built by name: ``build_model("oct_i3d_r50", alpha=0.5)``."""
+
+from . import resnet, slowfast  # noqa: F401  (registers the builders)
+from .registry import build_model, list_models, vanilla_twin
+from .resnet import ResNet
+from .slowfast import SlowFast
+from .vanilla import load_vanilla_weights
+
+__all__ = ["ResNet", "SlowFast", "build_model", "list_models", "load_vanilla_weights", "vanilla_twin"]

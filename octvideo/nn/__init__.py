@@ -1,0 +1,33 @@
+"""Octave Convolution layers and the companions that carry the ``(high, low)`` pair."""
+
+from .layers import OctaveApply, OctaveBatchNorm, OctaveGlobalPool
+from .octave import (
+    Octave,
+    OctaveChannels,
+    check_alpha,
+    octave_add,
+    octave_cat,
+    octave_map,
+    pack,
+    split_channels,
+    unpack,
+)
+from .octconv import OctConv, OctConv2d, OctConv3d
+
+__all__ = [
+    "OctConv",
+    "OctConv2d",
+    "OctConv3d",
+    "Octave",
+    "OctaveApply",
+    "OctaveBatchNorm",
+    "OctaveChannels",
+    "OctaveGlobalPool",
+    "check_alpha",
+    "octave_add",
+    "octave_cat",
+    "octave_map",
+    "pack",
+    "split_channels",
+    "unpack",
+]

@@ -1,0 +1,179 @@
+"""Streamed reads from any fsspec location, and retries for transient storage errors.
+
+A location is a plain path or an fsspec URL (``file://``, ``s3://``, ``gs://``, ``memory://``,
+``http(s)://``, ...). Credentials and endpoints come from ``storage_options`` (passed to the
+fsspec filesystem) or from the backend's usual environment variables (``AWS_*`` for S3).
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import IO, Any, TypeVar
+
+import fsspec.core
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Video reads are "read the index, then read a run of frames": a few ranged GETs of a few MiB
+# amortise object-store latency (tens of ms per request) while a Kinetics clip (1-5 MB) needs
+# only one or two of them. "blockcache" keeps an LRU of fixed blocks, so an index stored at the
+# end of the file (mp4 without faststart) stays cached while frames are read from the middle;
+# "readahead" keeps a single window and would fetch the index again after every such jump.
+# Memory per open file is bounded by DEFAULT_BLOCK_SIZE * DEFAULT_MAX_BLOCKS.
+DEFAULT_BLOCK_SIZE = 4 * 2**20
+DEFAULT_CACHE_TYPE = "blockcache"
+DEFAULT_MAX_BLOCKS = 8
+
+# errno values that mean "the service or network hiccuped", not "the request is wrong".
+# s3fs maps HTTP 500 to EREMOTEIO, 503/SlowDown to EBUSY and unknown service errors to EIO.
+_TRANSIENT_ERRNOS = frozenset(
+    getattr(errno, name)
+    for name in (
+        "EIO", "EREMOTEIO", "EBUSY", "EAGAIN", "ETIMEDOUT", "ECONNRESET", "ECONNABORTED",
+        "ECONNREFUSED", "EPIPE", "ENETUNREACH", "ENETDOWN", "EHOSTUNREACH",
+    )
+    if hasattr(errno, name)
+)
+_PERMANENT_ERRORS = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff: attempt n (from 1) waits ``initial_delay_sec * 2**(n-1)`` capped at
+    ``max_delay_sec``, scaled by a random factor in [0.5, 1] so that many workers hitting the same
+    outage do not retry in lockstep. Gives up after ``max_attempts`` attempts or when the next wait
+    would end later than ``max_total_sec`` after the first attempt started."""
+
+    max_attempts: int = 5
+    initial_delay_sec: float = 0.5
+    max_delay_sec: float = 8.0
+    max_total_sec: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError(f"RetryPolicy.max_attempts must be >= 1, got {self.max_attempts}")
+        if min(self.initial_delay_sec, self.max_delay_sec, self.max_total_sec) < 0:
+            raise ValueError(f"RetryPolicy delays must be >= 0, got {self}")
+
+    def delay_sec(self, attempt: int) -> float:
+        """Wait after failed attempt number ``attempt`` (1-based)."""
+        base = min(self.max_delay_sec, self.initial_delay_sec * 2 ** (attempt - 1))
+        return base * random.uniform(0.5, 1.0)
+
+
+DEFAULT_RETRY = RetryPolicy()
+NO_RETRY = RetryPolicy(max_attempts=1)
+
+
+@functools.cache
+def _library_transient_errors() -> tuple[type[BaseException], ...]:
+    """Connection/timeout errors of the HTTP stacks under fsspec that are not builtin OSErrors."""
+    errors: list[type[BaseException]] = []
+    try:
+        import aiohttp
+
+        errors += [aiohttp.ClientConnectionError, aiohttp.ClientPayloadError]
+    except ImportError:
+        pass
+    try:
+        import botocore.exceptions
+
+        errors += [botocore.exceptions.HTTPClientError, botocore.exceptions.ConnectionError]
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+def _http_status(exc: BaseException) -> int | None:
+    """The HTTP status an error carries (aiohttp ``status``, gcsfs ``code``, botocore ``response``)."""
+    for attr in ("status", "status_code", "code"):
+        value = getattr(exc, attr, None)
+        if isinstance(value, int) and 100 <= value <= 599:
+            return value
+    response = getattr(exc, "response", None)
+    if isinstance(response, Mapping):
+        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if isinstance(status, int):
+            return status
+    return None
+
+
+def is_transient(exc: BaseException | None) -> bool:
+    """Whether retrying the operation that raised ``exc`` may succeed: timeouts, dropped
+    connections, HTTP 408/429/5xx. Missing objects and permission errors are permanent."""
+    if exc is None or isinstance(exc, _PERMANENT_ERRORS):
+        return False
+    if isinstance(exc, (TimeoutError, ConnectionError) + _library_transient_errors()):
+        return True
+    for err in (exc, exc.__cause__):
+        status = None if err is None else _http_status(err)
+        if status is not None:
+            return status >= 500 or status in (408, 429)
+    return isinstance(exc, OSError) and exc.errno in _TRANSIENT_ERRNOS
+
+
+def retry_call(
+    fn: Callable[[], T],
+    policy: RetryPolicy = DEFAULT_RETRY,
+    *,
+    retryable: Callable[[BaseException], bool] = is_transient,
+    what: str = "storage call",
+) -> T:
+    """Call ``fn()`` until it succeeds, retrying errors for which ``retryable`` is true.
+
+    The last error is re-raised unchanged once the policy's attempts or total time run out.
+    """
+    started = time.monotonic()
+    attempt = 1
+    while True:
+        try:
+            return fn()
+        except Exception as exc:
+            delay = policy.delay_sec(attempt)
+            if (
+                attempt >= policy.max_attempts
+                or not retryable(exc)
+                or time.monotonic() - started + delay > policy.max_total_sec
+            ):
+                raise
+            logger.warning(
+                "%s failed (attempt %d/%d), retrying in %.2fs: %r",
+                what, attempt, policy.max_attempts, delay, exc,
+            )
+        time.sleep(delay)
+        attempt += 1
+
+
+def open_url(
+    url: str | os.PathLike[str],
+    storage_options: Mapping[str, Any] | None = None,
+    *,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+    cache_type: str = DEFAULT_CACHE_TYPE,
+    max_blocks: int = DEFAULT_MAX_BLOCKS,
+    retry: RetryPolicy = DEFAULT_RETRY,
+) -> IO[bytes]:
+    """Open ``url`` for binary, seekable, streamed reading (ranged requests, never a full download).
+
+    ``block_size``/``cache_type`` apply to remote filesystems; local and ``memory://`` files are
+    read directly. Opening (which asks the store for the object's size) is retried on transient
+    errors; a missing object raises FileNotFoundError at once. The caller closes the file.
+    """
+    fs, path = fsspec.core.url_to_fs(os.fspath(url), **dict(storage_options or {}))
+    cache_options = {"maxblocks": max_blocks} if cache_type == "blockcache" else None
+    return retry_call(
+        lambda: fs.open(
+            path, "rb", block_size=block_size, cache_type=cache_type, cache_options=cache_options
+        ),
+        retry,
+        what=f"opening {url}",
+    )

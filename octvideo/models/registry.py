@@ -1,0 +1,43 @@
+"""Model registry: ``build_model(name, **kwargs)`` and ``list_models()``, timm-style."""
+
+from __future__ import annotations
+
+import difflib
+from typing import Callable, Dict, List, Optional
+
+from torch import nn
+
+_BUILDERS: Dict[str, Callable[..., nn.Module]] = {}
+_VANILLA: Dict[str, str] = {}
+
+
+def register_model(vanilla: Optional[str] = None) -> Callable:
+    """Register a builder under its function name; ``vanilla`` names the plain twin it can load."""
+
+    def decorate(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        _BUILDERS[builder.__name__] = builder
+        if vanilla:
+            _VANILLA[builder.__name__] = vanilla
+        return builder
+
+    return decorate
+
+
+def list_models() -> List[str]:
+    return sorted(_BUILDERS)
+
+
+def vanilla_twin(name: str) -> Optional[str]:
+    """The reference network a model equals at alpha = 0, e.g. ``"torchvision.resnet50"``."""
+    return _VANILLA.get(name)
+
+
+def build_model(name: str, **kwargs) -> nn.Module:
+    """Build a registered model; every model takes ``alpha``, ``num_classes`` and ``octave_pool``."""
+    if name not in _BUILDERS:
+        close = difflib.get_close_matches(name, _BUILDERS, n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(f"unknown model name {name!r}.{hint} Known models: {', '.join(list_models())}")
+    model = _BUILDERS[name](**kwargs)
+    model.model_name = name
+    return model

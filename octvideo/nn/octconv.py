@@ -1,0 +1,264 @@
+"""Octave Convolution (Chen et al., "Drop an Octave", ICCV 2019, arXiv 1904.05049) in 2-D and 3-D.
+
+Four paths between a high-frequency group H (full resolution) and a low-frequency
+group L (downsampled by the octave factor)::
+
+    Y_H = f(X_H; W_HH) + upsample(f(X_L; W_LH))
+    Y_L = f(X_L; W_LL) + f(pool(X_H); W_HL)
+
+with average pooling and nearest upsampling. The four weights are a partition of
+the plain convolution's weight along its output and input channels (the paper's
+Fig. 2(b)), high channels first, so the parameter count equals the plain layer's for
+every alpha and pretrained plain weights can be split into an octave layer exactly.
+
+Strided layers follow the official code: the inputs are average-pooled by the
+stride and the paths run at stride 1; when the stride equals the octave factor the
+L->H path lands on the high output grid directly and needs no upsampling.
+
+Implementation: the two paths that write the low output are fused into one
+convolution over ``cat(pool(X_H), X_L)`` (one kernel call, one output write), and
+the L->H result is added into the H->H output in place through a broadcast view
+(no upsampled copy). With ``alpha_in == alpha_out == 0`` the layer is exactly a
+plain strided convolution.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .octave import (
+    Octave,
+    OctaveChannels,
+    add_upsampled_,
+    as_channels,
+    octave_downsample,
+    pack,
+    unpack,
+)
+
+IntOrTuple = Union[int, Sequence[int]]
+ChannelSpec = Union[int, Sequence[int]]
+
+
+def _ntuple(value: IntOrTuple, n: int, name: str) -> Tuple[int, ...]:
+    if isinstance(value, int):
+        return (value,) * n
+    value = tuple(int(v) for v in value)
+    if len(value) != n:
+        raise ValueError(f"{name} needs {n} values, got {value}")
+    return value
+
+
+class OctConv(nn.Module):
+    """Octave convolution for ``dims`` spatial dimensions (use :class:`OctConv2d` / :class:`OctConv3d`).
+
+    ``in_channels`` / ``out_channels`` are totals split by ``alpha_in`` / ``alpha_out``
+    (``low = int(alpha * channels)``), or explicit ``(high, low)`` pairs where a
+    network concatenates features whose splits were made separately.
+    The input is a tensor when the input has no low group, else ``(high, low)``;
+    the output likewise.
+    """
+
+    dims: int = 0
+
+    def __init__(
+        self,
+        in_channels: ChannelSpec,
+        out_channels: ChannelSpec,
+        kernel_size: IntOrTuple,
+        alpha_in: float = 0.0,
+        alpha_out: float = 0.0,
+        stride: IntOrTuple = 1,
+        padding: IntOrTuple = 0,
+        dilation: IntOrTuple = 1,
+        groups: int = 1,
+        bias: bool = False,
+        octave_pool: Optional[IntOrTuple] = None,
+    ) -> None:
+        super().__init__()
+        n = self.dims
+        self.in_split = as_channels(in_channels, alpha_in, "alpha_in")
+        self.out_split = as_channels(out_channels, alpha_out, "alpha_out")
+        self.kernel_size = _ntuple(kernel_size, n, "kernel_size")
+        self.stride = _ntuple(stride, n, "stride")
+        self.padding = _ntuple(padding, n, "padding")
+        self.dilation = _ntuple(dilation, n, "dilation")
+        default_pool = (1,) * (n - 2) + (2, 2)
+        self.octave_pool = _ntuple(default_pool if octave_pool is None else octave_pool, n, "octave_pool")
+        if any(f < 1 for f in self.octave_pool) or all(f == 1 for f in self.octave_pool):
+            raise ValueError(f"octave_pool must downsample at least one dimension, got {self.octave_pool}")
+        self.groups = int(groups)
+        self.depthwise = self._check_groups()
+        if self.is_octave:
+            self._check_size_preserving()
+
+        # One weight per path; a path whose input or output group is empty does not exist.
+        k = self.kernel_size
+        ih, il = self.in_split
+        oh, ol = self.out_split
+        g = 1 if self.depthwise else self.groups
+        self.weight_hh = self._weight(oh, ih // g if not self.depthwise else 1, k)
+        self.weight_hl = self._weight(ol, ih // g, k) if ih and ol and not self.depthwise else None
+        self.weight_lh = self._weight(oh, il // g, k) if il and oh and not self.depthwise else None
+        self.weight_ll = self._weight(ol, il // g if not self.depthwise else 1, k) if il and ol else None
+        self.bias_h = nn.Parameter(torch.empty(oh)) if bias else None
+        self.bias_l = nn.Parameter(torch.empty(ol)) if bias and ol else None
+        self.reset_parameters()
+
+    # -- construction ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _weight(out_c: int, in_c: int, kernel: Tuple[int, ...]) -> nn.Parameter:
+        return nn.Parameter(torch.empty(out_c, in_c, *kernel))
+
+    def _check_groups(self) -> bool:
+        g = self.groups
+        ih, il = self.in_split
+        oh, ol = self.out_split
+        if g < 1:
+            raise ValueError(f"groups must be positive, got {g}")
+        if g > 1 and g == self.in_split.total == self.out_split.total:
+            if (ih, il) != (oh, ol):
+                raise ValueError(
+                    f"depthwise OctConv needs the same split in and out, got in {tuple(self.in_split)} "
+                    f"and out {tuple(self.out_split)} (use alpha_in == alpha_out)"
+                )
+            return True
+        for name, c in (("in_channels", self.in_split.total), ("out_channels", self.out_split.total)):
+            if c % g:
+                raise ValueError(f"{name}={c} is not divisible by groups={g}")
+        for name, c in (("high in", ih), ("low in", il), ("high out", oh), ("low out", ol)):
+            if c % g:
+                raise ValueError(
+                    f"the {name} group has {c} channels, not divisible by groups={g}: "
+                    "choose alpha so that int(alpha * channels) is a multiple of groups"
+                )
+        return False
+
+    def _check_size_preserving(self) -> None:
+        # The octave grid (low = ceil(high / factor)) survives a layer only if the layer maps
+        # size n to ceil(n / stride): odd kernels with "same" padding.
+        for k, p, d in zip(self.kernel_size, self.padding, self.dilation):
+            if d * (k - 1) != 2 * p:
+                raise ValueError(
+                    f"an octave layer needs 'same' padding (padding = dilation * (kernel_size - 1) / 2), "
+                    f"got kernel_size={self.kernel_size}, padding={self.padding}, dilation={self.dilation}"
+                )
+
+    def reset_parameters(self) -> None:
+        """Initialise as the plain convolution would (fan-in of the whole layer), then split."""
+        fan_in = (self.in_split.total // self.groups) * math.prod(self.kernel_size)
+        if self.depthwise:
+            fan_in = math.prod(self.kernel_size)
+        bound = 1.0 / math.sqrt(fan_in)
+        for w in self.path_weights().values():
+            # kaiming_uniform_(a=sqrt(5)) on the plain weight is uniform(-bound, bound).
+            nn.init.uniform_(w, -bound, bound)
+        for b in (self.bias_h, self.bias_l):
+            if b is not None:
+                nn.init.uniform_(b, -bound, bound)
+
+    # -- introspection --------------------------------------------------------------------------
+
+    @property
+    def is_octave(self) -> bool:
+        return self.in_split.low > 0 or self.out_split.low > 0
+
+    def path_weights(self) -> dict:
+        """The existing paths' weights by name: ``hh``, ``hl`` (H->L), ``lh`` (L->H), ``ll``."""
+        paths = {"hh": self.weight_hh, "hl": self.weight_hl, "lh": self.weight_lh, "ll": self.weight_ll}
+        return {name: w for name, w in paths.items() if w is not None}
+
+    def extra_repr(self) -> str:
+        s = (
+            f"in={tuple(self.in_split)}, out={tuple(self.out_split)}, kernel_size={self.kernel_size}, "
+            f"stride={self.stride}, padding={self.padding}"
+        )
+        if any(d != 1 for d in self.dilation):
+            s += f", dilation={self.dilation}"
+        if self.groups != 1:
+            s += f", groups={self.groups}" + (" (depthwise)" if self.depthwise else "")
+        if self.is_octave:
+            s += f", octave_pool={self.octave_pool}"
+        return s
+
+    # -- forward --------------------------------------------------------------------------------
+
+    def _conv(self, x: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Tensor], stride, groups: int):
+        conv = F.conv3d if self.dims == 3 else F.conv2d
+        return conv(x, w, bias, stride, self.padding, self.dilation, groups)
+
+    def forward(self, x: Octave) -> Octave:
+        x_h, x_l = unpack(x)
+        self._check_input(x_h, x_l)
+        if not self.is_octave:
+            return self._conv(x_h, self.weight_hh, self.bias_h, self.stride, self.groups)
+
+        strided = any(s != 1 for s in self.stride)
+        x_h = octave_downsample(x_h, self.stride) if strided else x_h
+        x_l_at_stride = octave_downsample(x_l, self.stride) if strided and x_l is not None else x_l
+        one = (1,) * self.dims
+
+        if self.depthwise:
+            y_h = self._conv(x_h, self.weight_hh, self.bias_h, one, self.in_split.high)
+            y_l = self._conv(x_l_at_stride, self.weight_ll, self.bias_l, one, self.in_split.low)
+            return pack(y_h, y_l)
+
+        y_h = self._conv(x_h, self.weight_hh, self.bias_h, one, self.groups)
+        y_l = self._low_output(x_h, x_l_at_stride) if self.out_split.low else None
+        if self.weight_lh is not None:
+            lands_on_grid = tuple(self.stride) == tuple(self.octave_pool)
+            from_low = self._conv(x_l if lands_on_grid else x_l_at_stride, self.weight_lh, None, one, self.groups)
+            if lands_on_grid:
+                if from_low.shape != y_h.shape:
+                    raise RuntimeError(f"L->H size {tuple(from_low.shape)} != H->H size {tuple(y_h.shape)}")
+                y_h = y_h.add_(from_low)
+            else:
+                y_h = add_upsampled_(y_h, from_low, self.octave_pool)
+        return pack(y_h, y_l)
+
+    def _low_output(self, x_h: torch.Tensor, x_l: Optional[torch.Tensor]) -> torch.Tensor:
+        """Y_L = f(pool(X_H); W_HL) + f(X_L; W_LL), as one convolution when both paths exist."""
+        one = (1,) * self.dims
+        pooled_h = octave_downsample(x_h, self.octave_pool)
+        if x_l is None:
+            return self._conv(pooled_h, self.weight_hl, self.bias_l, one, self.groups)
+        if self.groups == 1:
+            fused_input = torch.cat([pooled_h, x_l], dim=1)
+            fused_weight = torch.cat([self.weight_hl, self.weight_ll], dim=1)
+            return self._conv(fused_input, fused_weight, self.bias_l, one, 1)
+        y_l = self._conv(pooled_h, self.weight_hl, self.bias_l, one, self.groups)
+        return y_l.add_(self._conv(x_l, self.weight_ll, None, one, self.groups))
+
+    def _check_input(self, x_h: torch.Tensor, x_l: Optional[torch.Tensor]) -> None:
+        if x_h.dim() != self.dims + 2:
+            raise ValueError(f"{type(self).__name__} expects {self.dims + 2}-D input, got shape {tuple(x_h.shape)}")
+        got = OctaveChannels(x_h.shape[1], 0 if x_l is None else x_l.shape[1])
+        if got != self.in_split:
+            raise ValueError(
+                f"{type(self).__name__} expects (high, low) channels {tuple(self.in_split)}, got {tuple(got)}"
+            )
+        if x_l is not None:
+            expected = tuple(math.ceil(s / f) for s, f in zip(x_h.shape[2:], self.octave_pool))
+            if tuple(x_l.shape[2:]) != expected:
+                raise ValueError(
+                    f"low-frequency input has size {tuple(x_l.shape[2:])}, expected {expected} for high size "
+                    f"{tuple(x_h.shape[2:])} and octave_pool={self.octave_pool}"
+                )
+
+
+class OctConv2d(OctConv):
+    """2-D octave convolution; ``octave_pool`` defaults to ``(2, 2)``."""
+
+    dims = 2
+
+
+class OctConv3d(OctConv):
+    """3-D octave convolution; ``octave_pool`` ``(1, 2, 2)`` (spatial, default) or ``(2, 2, 2)``."""
+
+    dims = 3
