@@ -136,7 +136,7 @@ def load_manifest(
             raise ValueError(f"root= applies to CSV and list manifests; {url} is a folder tree")
         return _load_tree(fs, url, split, options, label_map)
     if not fs.isfile(path):
-        raise FileNotFoundError(f"manifest {url} does not exist")
+        raise ValueError(f"manifest {url} does not exist; check the URL and storage_options")
     root = _absolute(root.rstrip("/")) if root is not None else _parent(url)
     text = fs.cat_file(path).decode("utf-8-sig")
     if _is_kinetics_csv(text):
@@ -165,7 +165,7 @@ def _load_kinetics(
         mapping, map_source = derive_label_map(row.label for row in rows), f"the classes of {url}"
     wanted = [row for row in rows if split is None or row.split == split]
     if not wanted:
-        raise ValueError(f"{url} has no rows of split {split!r}")
+        raise ValueError(f"{url} has no rows" + (f" of split {split!r}" if split is not None else ""))
     entries = []
     for split_name in KINETICS_SPLITS:
         split_rows = [row for row in wanted if row.split == split_name]

@@ -1,0 +1,520 @@
+"""Decode clips of RGB frames from a video at any storage location (PyAV / FFmpeg).
+
+Clip semantics follow PySlowFast: a clip of ``num_frames`` frames with ``sampling_rate`` covers
+``num_frames * sampling_rate`` frames at ``target_fps``; frame ``i`` is the decoded frame shown at
+time ``start_sec + i * sampling_rate / target_fps`` (the last frame whose timestamp is <= that
+time). Times are seconds from the first frame of the video stream, so variable frame rates and
+25 / 29.97 fps sources are sampled by time, not by frame count. A clip that runs past the end of
+the video repeats the last frame.
+
+Every failure caused by the video or its storage raises :class:`VideoDecodeError`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import IO, Any
+
+import av
+import av.error
+import numpy as np
+import torch
+
+from octvideo.data.storage import (
+    DEFAULT_RETRY,
+    NO_RETRY,
+    RetryPolicy,
+    is_transient,
+    open_url,
+    retry_call,
+)
+
+logger = logging.getLogger(__name__)
+
+VideoSource = str | os.PathLike[str] | IO[bytes]
+
+DEFAULT_TIMEOUT_SEC = 60.0
+# Decoding forward through this much video is assumed cheaper than a seek, which restarts
+# decoding at a keyframe that can lie up to a GOP (often 2-5 s) before the target.
+SEEK_GAP_SEC = 1.0
+# Slack for float round-off when comparing a wanted time with a frame timestamp.
+_TIME_EPS = 1e-6
+# A stream ending this long before its declared duration is treated as cut short.
+_TRUNCATION_SLACK_SEC = 1.0
+
+_ADVICE = {
+    "not found": "check the path or URL, and the credentials / storage_options for that store",
+    "empty": "the file has no bytes; download or copy it again",
+    "not a video": "the file is not a video container; download it again or drop it",
+    "no video stream": "the file holds no video (audio only?); drop it from the dataset",
+    "truncated": "the file is cut short (interrupted download or copy); download it again",
+    "corrupt": "the video data is damaged; download it again or re-encode it",
+    "unsupported codec": "re-encode it (e.g. H.264 or VP9) or use an FFmpeg build with a decoder",
+    "timeout": "storage or decoding was too slow; check the network/endpoint or raise the timeout",
+}
+REASONS = frozenset(_ADVICE)
+
+
+class VideoDecodeError(RuntimeError):
+    """A video could not be read. ``reason`` is one of :data:`REASONS`; ``source`` names the video."""
+
+    def __init__(self, source: str, reason: str, detail: str = "") -> None:
+        if reason not in _ADVICE:
+            raise ValueError(f"unknown VideoDecodeError reason {reason!r}; use one of {sorted(REASONS)}")
+        self.source, self.reason, self.detail = source, reason, detail
+        what = f"{reason} ({detail})" if detail else reason
+        super().__init__(f"{source}: {what}; {_ADVICE[reason]}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Keeps the type when pickled across DataLoader worker / Ray process boundaries.
+        return type(self), (self.source, self.reason, self.detail)
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What clip planning needs to know about a video stream."""
+
+    duration_sec: float
+    fps: float | None  # average frame rate; None when the file states none
+    width: int
+    height: int
+    codec: str
+    num_frames: int | None  # None when neither the header nor a packet scan gave it
+
+
+class VideoReader:
+    """One opened video from which any number of clips is decoded, and which can be probed.
+
+    Use as a context manager: the container, and the file if the reader opened it, are closed on
+    exit. ``threads`` is the FFmpeg decoding thread count (0: one per core; DataLoader workers
+    usually want 1). ``retry`` covers transient errors while opening a URL.
+    """
+
+    def __init__(
+        self,
+        source: VideoSource,
+        storage_options: Mapping[str, Any] | None = None,
+        *,
+        threads: int = 0,
+        retry: RetryPolicy = DEFAULT_RETRY,
+    ) -> None:
+        if threads < 0:
+            raise ValueError(f"threads must be >= 0 (0 = one per core), got {threads}")
+        self.name = _source_name(source)
+        self._file: IO[bytes] | None = None
+        self._owned_file: IO[bytes] | None = None
+        self._container: av.container.InputContainer | None = None
+        self._at_start = True  # nothing demuxed since open, so decoding can start without a seek
+        try:
+            with self._errors(opening=True):
+                if isinstance(source, (str, os.PathLike)):
+                    self._file = self._owned_file = open_url(source, storage_options, retry=retry)
+                else:
+                    self._file = source
+                    if self._file.seekable():
+                        self._file.seek(0)
+                self._container = av.open(self._file, "r", metadata_errors="replace")
+                self.stream = self._video_stream()
+                self.stream.thread_type = "AUTO"
+                self.stream.codec_context.thread_count = threads
+        except BaseException:
+            self.close()
+            raise
+
+    def __enter__(self) -> VideoReader:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the container and the file this reader opened (not a file object it was given)."""
+        if self._container is not None:
+            self._container.close()
+            self._container = None
+        if self._owned_file is not None:
+            self._owned_file.close()
+            self._owned_file = None
+
+    def info(self, timeout_sec: float = DEFAULT_TIMEOUT_SEC) -> VideoInfo:
+        """Probe the video stream. Reads only the header, unless the header states no duration:
+        then all packets are scanned (the whole file is read) and the last one's end is used."""
+        stream, container = self.stream, self._container
+        with self._errors():
+            duration = None
+            if stream.duration:
+                duration = float(stream.duration * stream.time_base)
+            elif container.duration:
+                duration = container.duration / av.time_base
+            num_frames = stream.frames or None
+            if duration is None:
+                duration, num_frames = self._scan_packets(time.monotonic() + timeout_sec)
+            rate = stream.average_rate or stream.guessed_rate
+            return VideoInfo(
+                duration_sec=duration,
+                fps=float(rate) if rate else None,
+                width=stream.codec_context.width,
+                height=stream.codec_context.height,
+                codec=stream.codec_context.name,
+                num_frames=num_frames,
+            )
+
+    def read_clips(
+        self,
+        start_secs: Sequence[float],
+        num_frames: int,
+        sampling_rate: float,
+        target_fps: float = 30.0,
+        short_side: int | None = None,
+        *,
+        timeout_sec: float = DEFAULT_TIMEOUT_SEC,
+    ) -> list[torch.Tensor]:
+        """Decode one uint8 ``(num_frames, H, W, 3)`` RGB clip per start time, in the given order.
+
+        All wanted timestamps are visited in time order in one forward pass, seeking only across
+        gaps longer than :data:`SEEK_GAP_SEC`; decoding stops after the last wanted frame. Only
+        kept frames are converted to RGB, scaled by FFmpeg so that the short side is
+        ``short_side`` (aspect kept) when given. Overlapping clips share decoded frames.
+        """
+        _check_clip_args(start_secs, num_frames, sampling_rate, target_fps, short_side, timeout_sec)
+        wanted = sorted(
+            (start + i * sampling_rate / target_fps, clip, i)
+            for clip, start in enumerate(start_secs)
+            for i in range(num_frames)
+        )
+        with self._errors():
+            cursor = _FrameCursor(self, time.monotonic() + timeout_sec)
+            clips: list[np.ndarray] = []
+            last_frame, rgb = None, None
+            for t, clip, i in wanted:
+                frame = cursor.frame_at(t)
+                if frame is not last_frame:
+                    if not clips:
+                        width, height = _output_size(frame.width, frame.height, short_side)
+                        clips = [np.empty((num_frames, height, width, 3), np.uint8) for _ in start_secs]
+                    rgb = frame.to_ndarray(width=width, height=height, format="rgb24")
+                    last_frame = frame
+                clips[clip][i] = rgb
+        return [torch.from_numpy(clip) for clip in clips]
+
+    def _video_stream(self) -> av.video.stream.VideoStream:
+        streams = [
+            s
+            for s in self._container.streams.video
+            if not s.disposition & av.stream.Disposition.attached_pic  # cover art, not video
+        ]
+        if not streams:
+            kinds = ", ".join(s.type for s in self._container.streams) or "none"
+            raise VideoDecodeError(self.name, "no video stream", f"streams found: {kinds}")
+        if streams[0].codec_context is None:
+            raise VideoDecodeError(
+                self.name, "unsupported codec", "this FFmpeg build has no decoder for its video"
+            )
+        return streams[0]
+
+    def _scan_packets(self, deadline: float) -> tuple[float, int]:
+        """Duration (end of the last packet, or packets / frame rate when untimed) and count."""
+        stream, start = self.stream, self.stream.start_time or 0
+        end, count, untimed_duration = None, 0, 0
+        self._at_start = False
+        for packet in self._container.demux(stream):
+            _check_deadline(deadline, self.name)
+            if packet.size == 0:  # the flush packet at the end
+                continue
+            count += 1
+            untimed_duration += packet.duration or 0
+            if packet.pts is not None:
+                packet_end = packet.pts + (packet.duration or 0) - start
+                end = packet_end if end is None else max(end, packet_end)
+        if count == 0:
+            raise EOFError("the video stream has no packets")
+        ticks = end if end is not None else untimed_duration
+        return float(ticks * stream.time_base), count
+
+    @contextmanager
+    def _errors(self, opening: bool = False) -> Iterator[None]:
+        """Turn what storage, FFmpeg and the cursor raise into VideoDecodeError."""
+        try:
+            yield
+        except VideoDecodeError:
+            raise
+        except Exception as exc:
+            failure = _classify(exc, self._file, opening)
+            if failure is None:
+                raise
+            raise VideoDecodeError(self.name, *failure) from exc
+
+
+class _FrameCursor:
+    """Walks the decoded frames of a reader's stream in presentation order, answering
+    :meth:`frame_at` for non-decreasing times."""
+
+    def __init__(self, reader: VideoReader, deadline: float) -> None:
+        self.reader, self.deadline = reader, deadline
+        self.container, self.stream = reader._container, reader.stream
+        self.start_pts = self.stream.start_time or 0
+        self.time_base = self.stream.time_base or Fraction(1, 90000)
+        rate = self.stream.average_rate or self.stream.guessed_rate or 30
+        self.untimed_step = float(1 / rate)  # for frames without timestamps (raw elementary streams)
+        self.frames: Iterator[av.VideoFrame] | None = None
+        self.current = self.next = None
+        self.current_time = self.next_time = None
+        self.timestamped = True
+
+    def frame_at(self, t: float) -> av.VideoFrame:
+        """The last frame shown at or before ``t`` (the first frame if ``t`` precedes it)."""
+        if self.frames is None:
+            if t > SEEK_GAP_SEC or not self.reader._at_start:
+                self._seek(t)
+            else:
+                self._restart()
+        elif self.next is not None and self.timestamped and t - self.next_time > SEEK_GAP_SEC:
+            self._seek(t)
+        while self.next is not None and self.next_time <= t + _TIME_EPS:
+            self._step()
+        if self.next is None:
+            self._check_complete(t)
+        return self.current if self.current is not None else self.next
+
+    def _restart(self) -> None:
+        self.reader._at_start = False
+        self.frames = self.container.decode(self.stream)
+        self.current = self.next = self.current_time = self.next_time = None
+        self._step()
+
+    def _seek(self, t: float) -> None:
+        """Seek to the keyframe before ``t``; where the demuxer lands after ``t`` (imprecise
+        indexes such as MPEG-TS) or on frames without timestamps, decode from the start."""
+        target = self.start_pts + int(t / self.time_base)
+        try:
+            self.container.seek(target, backward=True, any_frame=False, stream=self.stream)
+        except av.error.FFmpegError as exc:  # the format cannot seek: keep decoding forward
+            logger.debug("%s: seek to %.3fs failed (%s); decoding on", self.reader.name, t, exc)
+            if self.frames is None:
+                self._restart()
+            return
+        self._restart()
+        if self.next is None or not self.timestamped or self.next_time > t + _TIME_EPS:
+            self.container.seek(0)  # in AV_TIME_BASE units: before the first frame
+            self.timestamped = True
+            self._restart()
+
+    def _step(self) -> None:
+        _check_deadline(self.deadline, self.reader.name)
+        self.current, self.current_time = self.next, self.next_time
+        self.next = next(self.frames, None)
+        if self.next is None:
+            self.next_time = None
+        elif self.next.pts is None:
+            self.timestamped = False
+            last = self.current_time
+            self.next_time = 0.0 if last is None else last + self.untimed_step
+        else:
+            self.next_time = float((self.next.pts - self.start_pts) * self.time_base)
+
+    def _check_complete(self, t: float) -> None:
+        """At the end of the stream: fail if there were no frames at all, or if the stream
+        stopped well before the duration its header declares while frames after that are wanted."""
+        if self.current is None:
+            raise EOFError("no frame could be decoded")
+        declared = self.stream.duration
+        if declared and t > self.current_time:
+            declared_sec = float(declared * self.time_base)
+            if self.current_time + _TRUNCATION_SLACK_SEC < declared_sec:
+                raise VideoDecodeError(
+                    self.reader.name,
+                    "truncated",
+                    f"frames end at {self.current_time:.2f}s of a declared {declared_sec:.2f}s",
+                )
+
+
+def decode_clips(
+    source: VideoSource,
+    start_secs: Sequence[float],
+    num_frames: int,
+    sampling_rate: float,
+    target_fps: float = 30.0,
+    short_side: int | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+    *,
+    threads: int = 0,
+    timeout_sec: float = DEFAULT_TIMEOUT_SEC,
+    retry: RetryPolicy = DEFAULT_RETRY,
+) -> list[torch.Tensor]:
+    """Decode one clip per start time from a single open of ``source`` (see
+    :meth:`VideoReader.read_clips`). ``timeout_sec`` bounds each attempt's decoding; transient
+    storage errors restart the attempt under ``retry``; a missing object fails at once."""
+
+    def attempt() -> list[torch.Tensor]:
+        with VideoReader(source, storage_options, threads=threads, retry=NO_RETRY) as video:
+            return video.read_clips(
+                start_secs, num_frames, sampling_rate, target_fps, short_side,
+                timeout_sec=timeout_sec,
+            )
+
+    return retry_call(
+        attempt, retry, retryable=_storage_hiccup, what=f"decoding {_source_name(source)}"
+    )
+
+
+def decode_clip(
+    source: VideoSource,
+    start_sec: float,
+    num_frames: int,
+    sampling_rate: float,
+    target_fps: float = 30.0,
+    short_side: int | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+    *,
+    threads: int = 0,
+    timeout_sec: float = DEFAULT_TIMEOUT_SEC,
+    retry: RetryPolicy = DEFAULT_RETRY,
+) -> torch.Tensor:
+    """One uint8 ``(num_frames, H, W, 3)`` RGB clip starting at ``start_sec``; see decode_clips."""
+    return decode_clips(
+        source, [start_sec], num_frames, sampling_rate, target_fps, short_side, storage_options,
+        threads=threads, timeout_sec=timeout_sec, retry=retry,
+    )[0]
+
+
+def probe_video(
+    source: VideoSource,
+    storage_options: Mapping[str, Any] | None = None,
+    *,
+    timeout_sec: float = DEFAULT_TIMEOUT_SEC,
+    retry: RetryPolicy = DEFAULT_RETRY,
+) -> VideoInfo:
+    """Duration, frame rate, size, codec and frame count of the video stream of ``source``."""
+
+    def attempt() -> VideoInfo:
+        with VideoReader(source, storage_options, threads=1, retry=NO_RETRY) as video:
+            return video.info(timeout_sec)
+
+    return retry_call(
+        attempt, retry, retryable=_storage_hiccup, what=f"probing {_source_name(source)}"
+    )
+
+
+def _storage_hiccup(exc: BaseException) -> bool:
+    return isinstance(exc, VideoDecodeError) and is_transient(exc.__cause__)
+
+
+def _source_name(source: VideoSource) -> str:
+    if isinstance(source, (str, os.PathLike)):
+        return os.fspath(source)
+    if hasattr(source, "fs") and hasattr(source, "path"):  # an fsspec file
+        return source.fs.unstrip_protocol(source.path)
+    name = getattr(source, "name", None)
+    return str(name) if name else f"<{type(source).__name__}>"
+
+
+def _check_clip_args(
+    start_secs: Sequence[float],
+    num_frames: int,
+    sampling_rate: float,
+    target_fps: float,
+    short_side: int | None,
+    timeout_sec: float,
+) -> None:
+    if not start_secs:
+        raise ValueError("start_secs is empty: give at least one clip start time")
+    if any(not np.isfinite(s) or s < 0 for s in start_secs):
+        raise ValueError(f"clip start times must be finite and >= 0 seconds, got {list(start_secs)}")
+    if num_frames < 1 or sampling_rate <= 0 or target_fps <= 0:
+        raise ValueError(
+            "num_frames must be >= 1 and sampling_rate, target_fps > 0; got "
+            f"num_frames={num_frames}, sampling_rate={sampling_rate}, target_fps={target_fps}"
+        )
+    if short_side is not None and short_side < 1:
+        raise ValueError(f"short_side must be a positive number of pixels or None, got {short_side}")
+    if timeout_sec <= 0:
+        raise ValueError(f"timeout_sec must be > 0, got {timeout_sec}")
+
+
+def _output_size(width: int, height: int, short_side: int | None) -> tuple[int, int]:
+    if short_side is None:
+        return width, height
+    scale = short_side / min(width, height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def _check_deadline(deadline: float, name: str) -> None:
+    if time.monotonic() > deadline:
+        raise VideoDecodeError(name, "timeout", "decoding exceeded its time limit (timeout_sec)")
+
+
+def _classify(exc: Exception, file: IO[bytes] | None, opening: bool) -> tuple[str, str] | None:
+    """(reason, detail) for an error raised while reading a video; None for programming errors."""
+    detail = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, (TimeoutError, av.error.ExitError)):
+        return "timeout", detail
+    if isinstance(exc, (av.error.DecoderNotFoundError, av.error.PatchWelcomeError)):
+        return "unsupported codec", detail
+    if isinstance(exc, (FileNotFoundError, IsADirectoryError, NotADirectoryError)):
+        return "not found", detail
+    if isinstance(exc, (av.error.FFmpegError, EOFError)):
+        return _diagnose_bad_bytes(file, opening, detail)
+    if isinstance(exc, PermissionError):
+        return "not found", f"access denied: {detail}"
+    if is_transient(exc):
+        return "timeout", f"storage kept failing: {detail}"
+    if isinstance(exc, OSError):
+        return "not found", f"cannot read it: {detail}"
+    return None
+
+
+# Leading bytes of the containers FFmpeg reads video from: (offset, magic).
+_CONTAINER_MAGIC = (
+    *((4, box) for box in (b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide")),  # MP4 / MOV
+    (0, b"\x1a\x45\xdf\xa3"),  # Matroska / WebM
+    (0, b"RIFF"),  # AVI
+    (0, b"FLV"),
+    (0, b"OggS"),
+    (0, b"\x00\x00\x01\xba"),  # MPEG program stream
+    (0, b"\x00\x00\x00\x01"),  # H.264 / HEVC elementary stream
+)
+
+
+def _diagnose_bad_bytes(file: IO[bytes] | None, opening: bool, detail: str) -> tuple[str, str]:
+    """Tell empty, not-a-video, truncated and corrupt files apart from their bytes."""
+    if file is None or file.closed or not file.seekable():
+        return ("not a video" if opening else "corrupt"), detail
+    size = file.seek(0, os.SEEK_END)
+    if size == 0:
+        return "empty", "the file has 0 bytes"
+    file.seek(0)
+    head = file.read(512)
+    is_mp4 = head[4:8] in (b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide")
+    if is_mp4 and _iso_boxes_truncated(file, size):
+        return "truncated", f"its MP4 boxes need more than its {size} bytes, or the index is missing"
+    is_ts = head[:1] == b"\x47" and head[188:189] in (b"", b"\x47")
+    if opening and not is_ts and not any(head[o : o + len(m)] == m for o, m in _CONTAINER_MAGIC):
+        looks = "an HTML/XML page" if head.lstrip()[:1] == b"<" else "no known video format"
+        return "not a video", f"{size} bytes that look like {looks}, starting {head[:24]!r}"
+    return "corrupt", detail
+
+
+def _iso_boxes_truncated(file: IO[bytes], size: int) -> bool:
+    """Whether the top-level MP4 boxes run past the end of the file, or the index box is missing."""
+    offset, kinds = 0, set()
+    for _ in range(10_000):  # real files have a handful of top-level boxes
+        if offset + 8 > size:
+            break
+        file.seek(offset)
+        header = file.read(16)
+        box_size, kind = int.from_bytes(header[:4], "big"), header[4:8]
+        kinds.add(kind)
+        if box_size == 1:  # 64-bit size follows the type
+            box_size = int.from_bytes(header[8:16], "big")
+        elif box_size == 0:  # box runs to the end of the file
+            box_size = size - offset
+        if box_size < 8:
+            return False  # garbage rather than a cut
+        offset += box_size
+    return offset > size or b"moov" not in kinds
