@@ -16,9 +16,9 @@ stride and the paths run at stride 1; when the stride equals the octave factor t
 L->H path lands on the high output grid directly and needs no upsampling.
 
 Implementation: the two paths that write the low output are fused into one
-convolution over ``cat(pool(X_H), X_L)`` (one kernel call, one output write), and
-the L->H result is added into the H->H output in place through a broadcast view
-(no upsampled copy). With ``alpha_in == alpha_out == 0`` the layer is exactly a
+convolution over ``cat(pool(X_H), X_L)`` (one kernel call, one output write) that
+keeps no pooled copy for backward (see ``low_path``), and the L->H result is added
+into the H->H output in place through a broadcast view (no upsampled copy). With ``alpha_in == alpha_out == 0`` the layer is exactly a
 plain strided convolution.
 """
 
@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .low_path import pooled_conv
 from .octave import (
     Octave,
     OctaveChannels,
@@ -198,42 +199,55 @@ class OctConv(nn.Module):
         self._check_input(x_h, x_l)
         if not self.is_octave:
             return self._conv(x_h, self.weight_hh, self.bias_h, self.stride, self.groups)
+        if self.groups > 1:
+            return self._forward_grouped(x_h, x_l)
 
-        strided = any(s != 1 for s in self.stride)
-        x_h = octave_downsample(x_h, self.stride) if strided else x_h
-        x_l_at_stride = octave_downsample(x_l, self.stride) if strided and x_l is not None else x_l
-        one = (1,) * self.dims
-
-        if self.depthwise:
-            y_h = self._conv(x_h, self.weight_hh, self.bias_h, one, self.in_split.high)
-            y_l = self._conv(x_l_at_stride, self.weight_ll, self.bias_l, one, self.in_split.low)
-            return pack(y_h, y_l)
-
-        y_h = self._conv(x_h, self.weight_hh, self.bias_h, one, self.groups)
-        y_l = self._low_output(x_h, x_l_at_stride) if self.out_split.low else None
+        stride = (self.stride,) if any(s != 1 for s in self.stride) else ()
+        y_h = self._conv_pooled([(x_h, stride)], [self.weight_hh], self.bias_h)
+        y_l = None
+        if self.out_split.low:
+            inputs, weights = [(x_h, stride + (self.octave_pool,))], [self.weight_hl]
+            if x_l is not None:
+                inputs.append((x_l, stride))
+                weights.append(self.weight_ll)
+            y_l = self._conv_pooled(inputs, weights, self.bias_l)
         if self.weight_lh is not None:
-            lands_on_grid = tuple(self.stride) == tuple(self.octave_pool)
-            from_low = self._conv(x_l if lands_on_grid else x_l_at_stride, self.weight_lh, None, one, self.groups)
-            if lands_on_grid:
-                if from_low.shape != y_h.shape:
-                    raise RuntimeError(f"L->H size {tuple(from_low.shape)} != H->H size {tuple(y_h.shape)}")
-                y_h = y_h.add_(from_low)
+            if self.stride == self.octave_pool:  # L->H lands on the strided high grid: no upsampling
+                y_h = y_h.add_(self._conv(x_l, self.weight_lh, None, (1,) * self.dims, 1))
             else:
-                y_h = add_upsampled_(y_h, from_low, self.octave_pool)
+                y_h = add_upsampled_(y_h, self._conv_pooled([(x_l, stride)], [self.weight_lh], None), self.octave_pool)
         return pack(y_h, y_l)
 
-    def _low_output(self, x_h: torch.Tensor, x_l: Optional[torch.Tensor]) -> torch.Tensor:
-        """Y_L = f(pool(X_H); W_HL) + f(X_L; W_LL), as one convolution when both paths exist."""
+    def _conv_pooled(self, inputs, weights, bias) -> torch.Tensor:
+        """Stride-1 convolution of pooled, concatenated inputs (see ``low_path``); plain when nothing is pooled."""
+        if len(inputs) == 1 and not inputs[0][1]:
+            return self._conv(inputs[0][0], weights[0], bias, (1,) * self.dims, 1)
+        return pooled_conv(inputs, weights, bias, self.padding, self.dilation)
+
+    def _forward_grouped(self, x_h: torch.Tensor, x_l: Optional[torch.Tensor]) -> Octave:
+        """Grouped and depthwise layers: the four (or two) paths one by one."""
         one = (1,) * self.dims
-        pooled_h = octave_downsample(x_h, self.octave_pool)
-        if x_l is None:
-            return self._conv(pooled_h, self.weight_hl, self.bias_l, one, self.groups)
-        if self.groups == 1:
-            fused_input = torch.cat([pooled_h, x_l], dim=1)
-            fused_weight = torch.cat([self.weight_hl, self.weight_ll], dim=1)
-            return self._conv(fused_input, fused_weight, self.bias_l, one, 1)
-        y_l = self._conv(pooled_h, self.weight_hl, self.bias_l, one, self.groups)
-        return y_l.add_(self._conv(x_l, self.weight_ll, None, one, self.groups))
+        if any(s != 1 for s in self.stride):
+            x_l_on_grid = x_l
+            x_h = octave_downsample(x_h, self.stride)
+            x_l = None if x_l is None else octave_downsample(x_l, self.stride)
+        else:
+            x_l_on_grid = None
+        if self.depthwise:
+            y_h = self._conv(x_h, self.weight_hh, self.bias_h, one, self.in_split.high)
+            return pack(y_h, self._conv(x_l, self.weight_ll, self.bias_l, one, self.in_split.low))
+        y_h = self._conv(x_h, self.weight_hh, self.bias_h, one, self.groups)
+        y_l = None
+        if self.out_split.low:
+            y_l = self._conv(octave_downsample(x_h, self.octave_pool), self.weight_hl, self.bias_l, one, self.groups)
+            if x_l is not None:
+                y_l = y_l.add_(self._conv(x_l, self.weight_ll, None, one, self.groups))
+        if self.weight_lh is not None:
+            if self.stride == self.octave_pool:
+                y_h = y_h.add_(self._conv(x_l_on_grid, self.weight_lh, None, one, self.groups))
+            else:
+                y_h = add_upsampled_(y_h, self._conv(x_l, self.weight_lh, None, one, self.groups), self.octave_pool)
+        return pack(y_h, y_l)
 
     def _check_input(self, x_h: torch.Tensor, x_l: Optional[torch.Tensor]) -> None:
         if x_h.dim() != self.dims + 2:

@@ -184,3 +184,19 @@ def test_spatiotemporal_pooling_cost(alpha):
     plain_macs, _ = layer_macs_and_memory(0.0, (2, 2, 2))
     macs, memory = layer_macs_and_memory(alpha, (2, 2, 2))
     assert macs / plain_macs == pytest.approx(1 - 1.75 * alpha + 0.875 * alpha**2, rel=1e-9)
+
+
+@pytest.mark.parametrize("alpha_in", [0.0, 0.5])
+@pytest.mark.parametrize("octave_pool,stride", [((1, 2, 2), 1), ((2, 2, 2), 1), ((1, 2, 2), (1, 2, 2))])
+def test_gradients_are_exact(alpha_in, octave_pool, stride):
+    """The memory-saving low path (custom backward) against numerical derivatives."""
+    conv = OctConv3d(4, 4, 3, alpha_in, 0.5, padding=1, stride=stride, octave_pool=octave_pool, bias=True).double()
+    x = octave_input(4, alpha_in, (2, 3, 5), octave_pool, batch=1)
+    inputs = tuple(t.double().requires_grad_() for t in (x if isinstance(x, tuple) else (x,)))
+
+    def flat(*args):
+        out = conv(args[0] if len(args) == 1 else tuple(args))
+        return torch.cat([t.flatten() for t in out])
+
+    params = tuple(conv.parameters())
+    assert torch.autograd.gradcheck(lambda *a: flat(*a[: len(inputs)]), inputs + params)

@@ -1,0 +1,182 @@
+"""Is the saving real? Forward + backward time and activation memory of Oct-I3D-R50 against alpha = 0.
+
+All alphas are measured side by side in one run, on the same input, interleaved
+round by round so that drift of the machine (thermal, other load) hits every alpha
+alike; the reported time is the median of the rounds. Memory is the activation
+memory that training holds between forward and backward: on CPU the bytes of the
+distinct tensors autograd saves for the backward pass (deterministic), on GPU the
+peak allocated memory above the model's own parameters and gradients.
+
+    python benchmarks/octconv.py                    # CPU fp32, writes BENCHMARKS.md
+    python benchmarks/octconv.py --device cuda      # GPU bf16 (channels-last where it is faster)
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import re
+import statistics
+import time
+from pathlib import Path
+from typing import Dict, List
+
+import torch
+
+from octvideo.models import build_model
+from octvideo.profile import profile_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def saved_activation_bytes(model: torch.nn.Module, x: torch.Tensor) -> int:
+    """Bytes of the distinct storages autograd keeps for backward (parameters excluded)."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen: Dict[int, int] = {}
+
+    def pack(t: torch.Tensor):
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in params:
+            seen[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(x).sum().backward()
+    return sum(seen.values())
+
+
+def gpu_peak_activation_bytes(model: torch.nn.Module, x: torch.Tensor) -> int:
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    out = model(x)
+    peak_forward = torch.cuda.max_memory_allocated() - base
+    out.sum().backward()
+    model.zero_grad(set_to_none=True)
+    return peak_forward
+
+
+def step(model: torch.nn.Module, x: torch.Tensor, device: str) -> float:
+    if device == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    model(x).sum().backward()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    elapsed = time.perf_counter() - start
+    model.zero_grad(set_to_none=True)
+    return elapsed
+
+
+def machine_name(device: str) -> str:
+    if device == "cuda":
+        return torch.cuda.get_device_name()
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {torch.get_num_threads()} threads"
+
+
+def run(args: argparse.Namespace) -> List[dict]:
+    torch.manual_seed(0)
+    device = args.device
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    fmt = torch.channels_last_3d if args.channels_last else torch.contiguous_format
+    x = torch.randn(args.batch, 3, args.frames, args.size, args.size, device=device, dtype=dtype)
+    x = x.contiguous(memory_format=fmt)
+    models = {}
+    rows = []
+    for alpha in args.alphas:
+        model = build_model("oct_i3d_r50", alpha=alpha, num_classes=400)
+        macs = profile_model(model, x[:1].float().cpu().contiguous()).total_macs
+        models[alpha] = model.to(device=device, dtype=dtype, memory_format=fmt).train()
+        memory = (gpu_peak_activation_bytes if device == "cuda" else saved_activation_bytes)(models[alpha], x)
+        rows.append({"alpha": alpha, "macs": macs * args.batch, "memory": memory, "times": []})
+        step(models[alpha], x, device)  # warm-up: allocator, kernel selection
+    for _ in range(args.rounds):
+        for row in rows:
+            row["times"].append(step(models[row["alpha"]], x, device))
+    base = rows[0]
+    for row in rows:
+        row["time"] = statistics.median(row["times"])
+        row["time_ratio"] = row["time"] / base["time"]
+        row["mac_ratio"] = row["macs"] / base["macs"]
+        row["memory_ratio"] = row["memory"] / base["memory"]
+    return rows
+
+
+def table(rows: List[dict], args: argparse.Namespace) -> str:
+    lines = [
+        "| alpha | GMACs | time (s) | time ratio | MAC ratio | time ratio / MAC ratio | activation MiB | memory ratio |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['alpha']:g} | {r['macs'] / 1e9:.1f} | {r['time']:.3f} | {r['time_ratio']:.3f} | "
+            f"{r['mac_ratio']:.3f} | {r['time_ratio'] / r['mac_ratio']:.3f} | {r['memory'] / 2**20:.0f} | "
+            f"{r['memory_ratio']:.3f} |"
+        )
+    return "\n".join(lines)
+
+
+def write_section(path: Path, title: str, body: str) -> None:
+    """Replace (or append) the section headed ``title`` in ``path``."""
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    section = f"## {title}\n\n{body.strip()}\n"
+    pattern = re.compile(rf"^## {re.escape(title)}\n.*?(?=^## |\Z)", re.S | re.M)
+    text = pattern.sub(section + "\n", text) if pattern.search(text) else text.rstrip() + "\n\n" + section
+    path.write_text(text.rstrip() + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--alphas", type=float, nargs="+", default=[0.0, 0.125, 0.25, 0.5, 0.75])
+    parser.add_argument("--batch", type=int, default=None, help="default: 2 on CPU, 16 on GPU")
+    parser.add_argument("--frames", type=int, default=8)
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                        help="default: off on CPU (slower there), on for GPU")
+    parser.add_argument("--output", type=Path, default=ROOT / "BENCHMARKS.md")
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args()
+    if args.alphas[0] != 0.0:
+        args.alphas.insert(0, 0.0)
+    args.batch = args.batch or (16 if args.device == "cuda" else 2)
+    if args.channels_last is None:
+        args.channels_last = args.device == "cuda"
+
+    rows = run(args)
+    precision = "bf16" if args.device == "cuda" else "fp32"
+    layout = "channels-last" if args.channels_last else "contiguous"
+    setup = (
+        f"Machine: {machine_name(args.device)}; torch {torch.__version__}. oct_i3d_r50, batch {args.batch} x "
+        f"{args.frames}x{args.size}x{args.size}, {precision}, {layout}, forward + backward, median of "
+        f"{args.rounds} interleaved rounds after a warm-up."
+    )
+    result = table(rows, args)
+    print(setup)
+    print(result)
+    half = next((r for r in rows if r["alpha"] == 0.5), None)
+    verdict = ""
+    if half:
+        verdict = (
+            f"\nAt alpha = 0.5: time ratio {half['time_ratio']:.3f} = {half['time_ratio'] / half['mac_ratio']:.2f} x "
+            f"the MAC ratio {half['mac_ratio']:.3f} (goal: at most 1.10 x); activation memory "
+            f"{half['memory_ratio']:.3f} of alpha = 0 (goal: at most 0.70)."
+        )
+        print(verdict)
+    if not args.no_write:
+        title = f"Oct-I3D-R50 forward + backward, {args.device.upper()} {precision}"
+        write_section(args.output, title, f"{setup}\n\n{result}\n{verdict}\n\nReproduce: `python benchmarks/octconv.py"
+                      + (" --device cuda" if args.device == "cuda" else "") + "`")
+
+
+if __name__ == "__main__":
+    main()
