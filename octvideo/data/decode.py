@@ -7,22 +7,24 @@ time). Times are seconds from the first frame of the video stream, so variable f
 25 / 29.97 fps sources are sampled by time, not by frame count. A clip that runs past the end of
 the video repeats the last frame.
 
-Every failure caused by the video or its storage raises :class:`VideoDecodeError`.
+Every failure caused by the video or its storage raises :class:`VideoDecodeError`; bad
+arguments and unknown URL protocols raise ValueError.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from fractions import Fraction
 from typing import IO, Any
 
 import av
 import av.error
+import av.video.reformatter
 import numpy as np
 import torch
 
@@ -30,6 +32,7 @@ from octvideo.data.storage import (
     DEFAULT_RETRY,
     NO_RETRY,
     RetryPolicy,
+    http_status,
     is_transient,
     open_url,
     retry_call,
@@ -43,30 +46,32 @@ DEFAULT_TIMEOUT_SEC = 60.0
 # Decoding forward through this much video is assumed cheaper than a seek, which restarts
 # decoding at a keyframe that can lie up to a GOP (often 2-5 s) before the target.
 SEEK_GAP_SEC = 1.0
-# Slack for float round-off when comparing a wanted time with a frame timestamp.
+# Slack for float round-off when comparing a wanted time with a frame timestamp, on top of
+# half a tick of the stream's time base (see _FrameCursor.slack).
 _TIME_EPS = 1e-6
 # A stream ending this long before its declared duration is treated as cut short.
-_TRUNCATION_SLACK_SEC = 1.0
+_TRUNCATION_SLACK_SEC = 0.5
 
 _ADVICE = {
     "not found": "check the path or URL, and the credentials / storage_options for that store",
-    "empty": "the file has no bytes; download or copy it again",
-    "not a video": "the file is not a video container; download it again or drop it",
-    "no video stream": "the file holds no video (audio only?); drop it from the dataset",
-    "truncated": "the file is cut short (interrupted download or copy); download it again",
-    "corrupt": "the video data is damaged; download it again or re-encode it",
-    "unsupported codec": "re-encode it (e.g. H.264 or VP9) or use an FFmpeg build with a decoder",
-    "timeout": "storage or decoding was too slow; check the network/endpoint or raise the timeout",
+    "empty": "download or copy it again",
+    "not a video": "download it again (the server may have sent an error page) or drop it",
+    "no video stream": "drop it from the dataset",
+    "truncated": "download or copy it again (the last transfer was probably interrupted)",
+    "corrupt": "download it again or re-encode it",
+    "unsupported codec": "re-encode it (e.g. to H.264 or VP9) or use an FFmpeg with its decoder",
+    "timeout": "check the network and the storage endpoint, or raise timeout_sec",
 }
 REASONS = frozenset(_ADVICE)
 
 
 class VideoDecodeError(RuntimeError):
-    """A video could not be read. ``reason`` is one of :data:`REASONS`; ``source`` names the video."""
+    """A video could not be read: ``reason`` (one of :data:`REASONS`) says why, ``source`` names
+    the video, ``detail`` gives the underlying error."""
 
     def __init__(self, source: str, reason: str, detail: str = "") -> None:
         if reason not in _ADVICE:
-            raise ValueError(f"unknown VideoDecodeError reason {reason!r}; use one of {sorted(REASONS)}")
+            raise ValueError(f"unknown reason {reason!r}; use one of {sorted(REASONS)}")
         self.source, self.reason, self.detail = source, reason, detail
         what = f"{reason} ({detail})" if detail else reason
         super().__init__(f"{source}: {what}; {_ADVICE[reason]}")
@@ -93,7 +98,8 @@ class VideoReader:
 
     Use as a context manager: the container, and the file if the reader opened it, are closed on
     exit. ``threads`` is the FFmpeg decoding thread count (0: one per core; DataLoader workers
-    usually want 1). ``retry`` covers transient errors while opening a URL.
+    usually want 1). ``retry`` covers transient errors while opening a URL. ``stream`` is the
+    PyAV video stream decoded (the first one that is not cover art).
     """
 
     def __init__(
@@ -107,10 +113,10 @@ class VideoReader:
         if threads < 0:
             raise ValueError(f"threads must be >= 0 (0 = one per core), got {threads}")
         self.name = _source_name(source)
+        self._threads = threads
         self._file: IO[bytes] | None = None
         self._owned_file: IO[bytes] | None = None
         self._container: av.container.InputContainer | None = None
-        self._at_start = True  # nothing demuxed since open, so decoding can start without a seek
         try:
             with self._errors(opening=True):
                 if isinstance(source, (str, os.PathLike)):
@@ -119,10 +125,7 @@ class VideoReader:
                     self._file = source
                     if self._file.seekable():
                         self._file.seek(0)
-                self._container = av.open(self._file, "r", metadata_errors="replace")
-                self.stream = self._video_stream()
-                self.stream.thread_type = "AUTO"
-                self.stream.codec_context.thread_count = threads
+                self._open_container()
         except BaseException:
             self.close()
             raise
@@ -145,6 +148,7 @@ class VideoReader:
     def info(self, timeout_sec: float = DEFAULT_TIMEOUT_SEC) -> VideoInfo:
         """Probe the video stream. Reads only the header, unless the header states no duration:
         then all packets are scanned (the whole file is read) and the last one's end is used."""
+        self._require_open()
         stream, container = self.stream, self._container
         with self._errors():
             duration = None
@@ -161,7 +165,7 @@ class VideoReader:
                 fps=float(rate) if rate else None,
                 width=stream.codec_context.width,
                 height=stream.codec_context.height,
-                codec=stream.codec_context.name,
+                codec=stream.codec_context.codec.canonical_name,
                 num_frames=num_frames,
             )
 
@@ -183,6 +187,7 @@ class VideoReader:
         ``short_side`` (aspect kept) when given. Overlapping clips share decoded frames.
         """
         _check_clip_args(start_secs, num_frames, sampling_rate, target_fps, short_side, timeout_sec)
+        self._require_open()
         wanted = sorted(
             (start + i * sampling_rate / target_fps, clip, i)
             for clip, start in enumerate(start_secs)
@@ -190,6 +195,9 @@ class VideoReader:
         )
         with self._errors():
             cursor = _FrameCursor(self, time.monotonic() + timeout_sec)
+            # One scaler for the whole call, single-threaded: creating a threaded swscale context
+            # per frame costs milliseconds, far more than converting a video frame.
+            scaler = av.video.reformatter.VideoReformatter()
             clips: list[np.ndarray] = []
             last_frame, rgb = None, None
             for t, clip, i in wanted:
@@ -197,11 +205,31 @@ class VideoReader:
                 if frame is not last_frame:
                     if not clips:
                         width, height = _output_size(frame.width, frame.height, short_side)
-                        clips = [np.empty((num_frames, height, width, 3), np.uint8) for _ in start_secs]
-                    rgb = frame.to_ndarray(width=width, height=height, format="rgb24")
+                        shape = (num_frames, height, width, 3)
+                        clips = [np.empty(shape, np.uint8) for _ in start_secs]
+                    rgb = scaler.reformat(
+                        frame, width=width, height=height, format="rgb24", threads=1
+                    ).to_ndarray()
                     last_frame = frame
                 clips[clip][i] = rgb
+        logger.debug("%s: %d clip(s) from %d decoded frames", self.name, len(clips), cursor.decoded)
         return [torch.from_numpy(clip) for clip in clips]
+
+    def _require_open(self) -> None:
+        if self._container is None:
+            raise ValueError(f"the VideoReader of {self.name} is closed")
+
+    def _open_container(self) -> None:
+        """(Re)open the container at the start of the file: the way back to the first frame
+        for formats that cannot seek."""
+        if self._container is not None:
+            self._container.close()
+            self._file.seek(0)
+        self._container = av.open(self._file, "r", metadata_errors="replace")
+        self.stream = self._video_stream()
+        self.stream.thread_type = "AUTO"
+        self.stream.codec_context.thread_count = self._threads
+        self._at_start = True  # nothing demuxed yet, so decoding can start without a seek
 
     def _video_stream(self) -> av.video.stream.VideoStream:
         streams = [
@@ -213,9 +241,7 @@ class VideoReader:
             kinds = ", ".join(s.type for s in self._container.streams) or "none"
             raise VideoDecodeError(self.name, "no video stream", f"streams found: {kinds}")
         if streams[0].codec_context is None:
-            raise VideoDecodeError(
-                self.name, "unsupported codec", "this FFmpeg build has no decoder for its video"
-            )
+            raise VideoDecodeError(self.name, "unsupported codec", "no decoder for its video codec")
         return streams[0]
 
     def _scan_packets(self, deadline: float) -> tuple[float, int]:
@@ -257,53 +283,63 @@ class _FrameCursor:
 
     def __init__(self, reader: VideoReader, deadline: float) -> None:
         self.reader, self.deadline = reader, deadline
-        self.container, self.stream = reader._container, reader.stream
-        self.start_pts = self.stream.start_time or 0
-        self.time_base = self.stream.time_base or Fraction(1, 90000)
-        rate = self.stream.average_rate or self.stream.guessed_rate or 30
-        self.untimed_step = float(1 / rate)  # for frames without timestamps (raw elementary streams)
+        stream = reader.stream
+        self.start_pts = stream.start_time or 0
+        self.time_base = stream.time_base
+        # Containers round timestamps to their time base (1 ms in Matroska / WebM: frame 2 of a
+        # 30 fps video is stored at 67 ms, not 66.67 ms), so a frame counts as shown at ``t``
+        # when its timestamp is within half a tick after ``t``.
+        self.slack = float(self.time_base) / 2 + _TIME_EPS
+        # Raw elementary streams state no start time: there are no timestamps to seek by.
+        self.seekable = stream.start_time is not None
+        # Frames without timestamps are timed by FFmpeg's best guess of the frame rate.
+        self.untimed_step = float(1 / (stream.guessed_rate or stream.average_rate or 30))
         self.frames: Iterator[av.VideoFrame] | None = None
         self.current = self.next = None
         self.current_time = self.next_time = None
-        self.timestamped = True
+        self.decoded = 0
 
     def frame_at(self, t: float) -> av.VideoFrame:
         """The last frame shown at or before ``t`` (the first frame if ``t`` precedes it)."""
         if self.frames is None:
-            if t > SEEK_GAP_SEC or not self.reader._at_start:
+            if self.seekable and (t > SEEK_GAP_SEC or not self.reader._at_start):
                 self._seek(t)
             else:
-                self._restart()
-        elif self.next is not None and self.timestamped and t - self.next_time > SEEK_GAP_SEC:
+                self._restart(reopen=not self.reader._at_start)
+        elif self.seekable and self.next is not None and t - self.next_time > SEEK_GAP_SEC:
             self._seek(t)
-        while self.next is not None and self.next_time <= t + _TIME_EPS:
+        while self.next is not None and self.next_time <= t + self.slack:
             self._step()
         if self.next is None:
             self._check_complete(t)
         return self.current if self.current is not None else self.next
 
-    def _restart(self) -> None:
+    def _restart(self, reopen: bool) -> None:
+        if reopen:
+            self.reader._open_container()
         self.reader._at_start = False
-        self.frames = self.container.decode(self.stream)
+        self.frames = self.reader._container.decode(self.reader.stream)
         self.current = self.next = self.current_time = self.next_time = None
         self._step()
 
     def _seek(self, t: float) -> None:
-        """Seek to the keyframe before ``t``; where the demuxer lands after ``t`` (imprecise
-        indexes such as MPEG-TS) or on frames without timestamps, decode from the start."""
+        """Seek to the keyframe before ``t``. Where that fails, lands after ``t`` (imprecise
+        indexes such as MPEG-TS) or on frames without timestamps, decode forward from the start
+        instead and stop seeking."""
+        reader = self.reader
         target = self.start_pts + int(t / self.time_base)
         try:
-            self.container.seek(target, backward=True, any_frame=False, stream=self.stream)
-        except av.error.FFmpegError as exc:  # the format cannot seek: keep decoding forward
-            logger.debug("%s: seek to %.3fs failed (%s); decoding on", self.reader.name, t, exc)
-            if self.frames is None:
-                self._restart()
+            reader._container.seek(target, backward=True, any_frame=False, stream=reader.stream)
+        except av.error.FFmpegError as exc:
+            logger.debug("%s: cannot seek (%s); decoding from the start", reader.name, exc)
+            self.seekable = False
+            self._restart(reopen=True)
             return
-        self._restart()
-        if self.next is None or not self.timestamped or self.next_time > t + _TIME_EPS:
-            self.container.seek(0)  # in AV_TIME_BASE units: before the first frame
-            self.timestamped = True
-            self._restart()
+        self._restart(reopen=False)
+        if self.next is None or self.next.pts is None or self.next_time > t + self.slack:
+            logger.debug("%s: seek to %.3fs missed; decoding from the start", reader.name, t)
+            self.seekable = False
+            self._restart(reopen=True)
 
     def _step(self) -> None:
         _check_deadline(self.deadline, self.reader.name)
@@ -311,8 +347,9 @@ class _FrameCursor:
         self.next = next(self.frames, None)
         if self.next is None:
             self.next_time = None
-        elif self.next.pts is None:
-            self.timestamped = False
+            return
+        self.decoded += 1
+        if self.next.pts is None:
             last = self.current_time
             self.next_time = 0.0 if last is None else last + self.untimed_step
         else:
@@ -323,7 +360,7 @@ class _FrameCursor:
         stopped well before the duration its header declares while frames after that are wanted."""
         if self.current is None:
             raise EOFError("no frame could be decoded")
-        declared = self.stream.duration
+        declared = self.reader.stream.duration
         if declared and t > self.current_time:
             declared_sec = float(declared * self.time_base)
             if self.current_time + _TRUNCATION_SLACK_SEC < declared_sec:
@@ -424,15 +461,15 @@ def _check_clip_args(
 ) -> None:
     if not start_secs:
         raise ValueError("start_secs is empty: give at least one clip start time")
-    if any(not np.isfinite(s) or s < 0 for s in start_secs):
-        raise ValueError(f"clip start times must be finite and >= 0 seconds, got {list(start_secs)}")
+    if any(not math.isfinite(s) or s < 0 for s in start_secs):
+        raise ValueError(f"clip start times must be finite and >= 0 s, got {list(start_secs)}")
     if num_frames < 1 or sampling_rate <= 0 or target_fps <= 0:
         raise ValueError(
             "num_frames must be >= 1 and sampling_rate, target_fps > 0; got "
             f"num_frames={num_frames}, sampling_rate={sampling_rate}, target_fps={target_fps}"
         )
     if short_side is not None and short_side < 1:
-        raise ValueError(f"short_side must be a positive number of pixels or None, got {short_side}")
+        raise ValueError(f"short_side must be a number of pixels >= 1 or None, got {short_side}")
     if timeout_sec <= 0:
         raise ValueError(f"timeout_sec must be > 0, got {timeout_sec}")
 
@@ -458,20 +495,24 @@ def _classify(exc: Exception, file: IO[bytes] | None, opening: bool) -> tuple[st
         return "unsupported codec", detail
     if isinstance(exc, (FileNotFoundError, IsADirectoryError, NotADirectoryError)):
         return "not found", detail
-    if isinstance(exc, (av.error.FFmpegError, EOFError)):
-        return _diagnose_bad_bytes(file, opening, detail)
-    if isinstance(exc, PermissionError):
+    if isinstance(exc, PermissionError) and not isinstance(exc, av.error.FFmpegError):
         return "not found", f"access denied: {detail}"
     if is_transient(exc):
         return "timeout", f"storage kept failing: {detail}"
-    if isinstance(exc, OSError):
-        return "not found", f"cannot read it: {detail}"
+    if http_status(exc) is not None:  # 4xx from an HTTP store: missing, forbidden, bad request
+        return "not found", f"HTTP {http_status(exc)}: {detail}"
+    if isinstance(exc, (av.error.FFmpegError, EOFError)):
+        return _diagnose_bytes(file, ("not a video" if opening else "corrupt", detail), opening)
+    if isinstance(exc, OSError):  # the file object refused a read or seek FFmpeg asked for
+        return _diagnose_bytes(file, ("not found", f"cannot read it: {detail}"), opening)
     return None
 
 
+# Types of the boxes an MP4 / MOV file starts with, found at byte 4.
+_MP4_FIRST_BOXES = (b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide")
 # Leading bytes of the containers FFmpeg reads video from: (offset, magic).
 _CONTAINER_MAGIC = (
-    *((4, box) for box in (b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide")),  # MP4 / MOV
+    *((4, box) for box in _MP4_FIRST_BOXES),
     (0, b"\x1a\x45\xdf\xa3"),  # Matroska / WebM
     (0, b"RIFF"),  # AVI
     (0, b"FLV"),
@@ -481,23 +522,27 @@ _CONTAINER_MAGIC = (
 )
 
 
-def _diagnose_bad_bytes(file: IO[bytes] | None, opening: bool, detail: str) -> tuple[str, str]:
-    """Tell empty, not-a-video, truncated and corrupt files apart from their bytes."""
+def _diagnose_bytes(
+    file: IO[bytes] | None, fallback: tuple[str, str], opening: bool
+) -> tuple[str, str]:
+    """Tell empty, not-a-video and truncated files apart by their bytes; else ``fallback``."""
     if file is None or file.closed or not file.seekable():
-        return ("not a video" if opening else "corrupt"), detail
-    size = file.seek(0, os.SEEK_END)
-    if size == 0:
-        return "empty", "the file has 0 bytes"
-    file.seek(0)
-    head = file.read(512)
-    is_mp4 = head[4:8] in (b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide")
-    if is_mp4 and _iso_boxes_truncated(file, size):
-        return "truncated", f"its MP4 boxes need more than its {size} bytes, or the index is missing"
+        return fallback
+    try:
+        size = file.seek(0, os.SEEK_END)
+        if size == 0:
+            return "empty", "the file has 0 bytes"
+        file.seek(0)
+        head = file.read(512)
+        if head[4:8] in _MP4_FIRST_BOXES and _iso_boxes_truncated(file, size):
+            return "truncated", f"its MP4 boxes need more than its {size} bytes, or it has no index"
+    except OSError:
+        return fallback
     is_ts = head[:1] == b"\x47" and head[188:189] in (b"", b"\x47")
     if opening and not is_ts and not any(head[o : o + len(m)] == m for o, m in _CONTAINER_MAGIC):
         looks = "an HTML/XML page" if head.lstrip()[:1] == b"<" else "no known video format"
         return "not a video", f"{size} bytes that look like {looks}, starting {head[:24]!r}"
-    return "corrupt", detail
+    return fallback
 
 
 def _iso_boxes_truncated(file: IO[bytes], size: int) -> bool:

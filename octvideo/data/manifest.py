@@ -3,7 +3,8 @@
 Three sources are read, all through fsspec:
 
 * the official Kinetics CSV (``label,youtube_id,time_start,time_end,split[,is_cc]``) with the videos
-  under ``{root}/{split}/{label}/{youtube_id}_{time_start:06d}_{time_end:06d}.mp4`` (``nested``) or
+  under ``{root}/{split}/{label}/{youtube_id}_{time_start:06d}_{time_end:06d}.mp4`` (``nested``; class
+  folders named as the label or with its spaces as underscores; .webm / .mkv / .avi also found) or
   ``{root}/{split}/{...}.mp4`` (``flat``);
 * ``path label`` lists (PySlowFast, pytorchvideo, MMAction2), whatever their extension;
 * one folder per class: ``{root}/{class}/*.mp4|webm|mkv|avi``.
@@ -209,9 +210,8 @@ def _parse_kinetics_csv(text: str, url: str) -> list[_KineticsRow]:
         if start < 0 or end <= start:
             raise ValueError(f"{where}: need 0 <= time_start < time_end, got {start} and {end}")
         if values["split"] not in KINETICS_SPLITS:
-            raise ValueError(
-                f"{where}: unknown split {values['split']!r}; expected one of {', '.join(KINETICS_SPLITS)}"
-            )
+            expected = ", ".join(KINETICS_SPLITS)
+            raise ValueError(f"{where}: unknown split {values['split']!r}; expected one of {expected}")
         stem = f"{values['youtube_id']}_{start:06d}_{end:06d}"
         rows.append(_KineticsRow(reader.line_num, values["label"], stem, values["split"]))
     return rows
@@ -297,7 +297,9 @@ def _load_list(
         if label < 0:
             raise ValueError(f"{where}: label must be >= 0, got {label}")
         if names is not None and label not in names:
-            raise ValueError(f"{where}: label {label} is not an index of {map_source} (0..{len(names) - 1})")
+            raise ValueError(
+                f"{where}: label {label} is not an index of {map_source} (0..{len(names) - 1})"
+            )
         video_url = path if "://" in path or path.startswith("/") else _join(root, path)
         entries.append(VideoEntry(video_url, label, names[label] if names is not None else None))
     if not entries:
@@ -322,7 +324,8 @@ def _load_tree(
         raise ValueError(f"no class folders with videos ({', '.join(VIDEO_EXTENSIONS)}) under {base}")
     mapping, map_source = _resolve_label_map(label_map, url, options)
     if mapping is None:
-        mapping, map_source = derive_label_map(v.split("/", 1)[0] for v in videos), f"the folders of {base}"
+        mapping = derive_label_map(video.split("/", 1)[0] for video in videos)
+        map_source = f"the folders of {base}"
     entries = []
     for relative in videos:
         class_name = relative.split("/", 1)[0]

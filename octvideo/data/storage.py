@@ -93,8 +93,9 @@ def _library_transient_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
-def _http_status(exc: BaseException) -> int | None:
-    """The HTTP status an error carries (aiohttp ``status``, gcsfs ``code``, botocore ``response``)."""
+def http_status(exc: BaseException) -> int | None:
+    """The HTTP status an error carries: aiohttp's ``status``, gcsfs's ``code``, botocore's
+    ``response``."""
     for attr in ("status", "status_code", "code"):
         value = getattr(exc, attr, None)
         if isinstance(value, int) and 100 <= value <= 599:
@@ -115,7 +116,7 @@ def is_transient(exc: BaseException | None) -> bool:
     if isinstance(exc, (TimeoutError, ConnectionError) + _library_transient_errors()):
         return True
     for err in (exc, exc.__cause__):
-        status = None if err is None else _http_status(err)
+        status = None if err is None else http_status(err)
         if status is not None:
             return status >= 500 or status in (408, 429)
     return isinstance(exc, OSError) and exc.errno in _TRANSIENT_ERRNOS

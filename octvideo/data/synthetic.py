@@ -6,7 +6,12 @@ size, shape, colours, background and the speed of the motion. Every motion runs 
 object wraps around the frame edges (a torus), its angle wraps, its log-size wraps from largest to
 smallest -- and starts from a uniform state, so the state of any single frame is uniformly distributed
 whatever the class. A single frame therefore carries no information about the class; the order of
-frames does.
+frames does. Classes come in time-reversed pairs (left / right, clockwise / counter-clockwise, growing /
+shrinking, ...) and a clip played backwards is a clip of its pair, so even a model that sees every frame
+but not their order cannot tell a class from its pair.
+
+Same seed, same bytes on one machine and set of library versions (float rounding in numpy can differ
+between CPUs).
 """
 
 from __future__ import annotations
@@ -20,8 +25,9 @@ import os
 import string
 import tempfile
 import time
+from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -29,7 +35,13 @@ import av
 import numpy as np
 from fsspec.core import url_to_fs
 
-from octvideo.data.manifest import KINETICS_COLUMNS, KINETICS_SPLITS, LABEL_MAP_NAME, derive_label_map, write_label_map
+from octvideo.data.manifest import (
+    KINETICS_COLUMNS,
+    KINETICS_SPLITS,
+    LABEL_MAP_NAME,
+    derive_label_map,
+    write_label_map,
+)
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +61,7 @@ class Motion:
 
 _DIAGONAL = math.sqrt(0.5)
 
-# Ordered so that the first N classes are a good N-class dataset (opposite pairs first).
+# Ordered so that the first N classes make a good N-class dataset (each class next to its pair).
 MOTIONS: dict[str, Motion] = {
     "moving_left": Motion(direction=(-1.0, 0.0)),
     "moving_right": Motion(direction=(1.0, 0.0)),
@@ -78,13 +90,15 @@ _HARMONICS = 3  # outline r(angle) = 1 + sum_k a_k cos(k angle + phase_k), a_k <
 _HARMONIC_AMPLITUDE = 0.15
 _MIN_CONTRAST = 90.0  # RGB distance between the object's colour and the background's mean
 
-# B-frames and CABAC like YouTube's H.264; no scene-cut keyframes, so keyframes come every `gop` frames;
-# one thread, so that the bytes do not depend on the machine.
-_X264_OPTIONS = {"preset": "veryfast", "crf": "23", "threads": "1", "x264-params": "scenecut=0"}
+# B-frames and CABAC like YouTube's H.264. No scene-cut keyframes: one every `gop` frames exactly.
+# Same bytes for the same frames: one thread (no dependence on the machine's cores), and no mbtree,
+# whose lookahead gives run-to-run differences when the width is not a multiple of 16 (568 wide:
+# seen with the x264 in PyAV 18's wheels). mbtree only moves bits between frames; decoders never see it.
+_X264_OPTIONS = {"preset": "veryfast", "crf": "23", "threads": "1", "x264-params": "scenecut=0:mbtree=0"}
 _YOUTUBE_ID_ALPHABET = string.ascii_letters + string.digits + "-_"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Scene:
     """One clip's random draws; ``frame(t)`` renders the picture at ``t`` seconds."""
 
@@ -119,7 +133,9 @@ class Scene:
         """The (height, width, 3) uint8 RGB picture at ``t`` seconds; the object wraps at the edges."""
         height, width = self.background.shape[:2]
         x, y, angle, radius = self.state(t)
-        reach = min(math.ceil(radius * (1 + self.harmonics[:, 0].sum())) + 1, (min(height, width) - 1) // 2)
+        # Half-size of the box drawn around the centre; below half the frame, so no pixel repeats.
+        reach = math.ceil(radius * (1 + self.harmonics[:, 0].sum())) + 1
+        reach = min(reach, (min(height, width) - 1) // 2)
         offsets = np.arange(-reach, reach + 1, dtype=np.float32)
         dy = (offsets - (y - math.floor(y)))[:, None]
         dx = (offsets - (x - math.floor(x)))[None, :]
@@ -156,7 +172,8 @@ def sample_scene(class_name: str, rng: np.random.Generator, width: int, height: 
         background=background,
         colour=colour.astype(np.float32),
         harmonics=np.stack(
-            [rng.uniform(0, _HARMONIC_AMPLITUDE, _HARMONICS), rng.uniform(0, 2 * math.pi, _HARMONICS)], axis=1
+            [rng.uniform(0, _HARMONIC_AMPLITUDE, _HARMONICS), rng.uniform(0, 2 * math.pi, _HARMONICS)],
+            axis=1,
         ).astype(np.float32),
         position=(rng.uniform(0, width), rng.uniform(0, height)),
         angle=rng.uniform(0, 2 * math.pi),
@@ -202,7 +219,8 @@ class _Clip:
 
     @property
     def path(self) -> str:
-        return f"{self.split}/{self.label}/{self.youtube_id}_{self.time_start:06d}_{self.time_end:06d}.mp4"
+        name = f"{self.youtube_id}_{self.time_start:06d}_{self.time_end:06d}.mp4"
+        return f"{self.split}/{self.label}/{name}"
 
 
 @dataclass(frozen=True)
@@ -233,9 +251,10 @@ def write_synthetic_kinetics(
     """Write a synthetic Kinetics to ``out_url`` (any fsspec URL) and return the videos per split.
 
     ``classes`` is a count (the first N of ``MOTIONS``) or class names. ``videos_per_class`` is split
-    into val / test by the fractions (rounded) and train (the rest, at least one). ``gop`` is the
-    keyframe interval in frames (exact: no scene-cut keyframes). The output is byte-identical for the same arguments, whatever
-    ``workers`` (processes that render and encode; uploads stay in this process).
+    into val / test by the fractions (rounded) and train (the rest, at least one). Each video lasts
+    ``duration`` seconds (its CSV row spans the whole seconds that cover it). ``gop`` is the keyframe
+    interval in frames, exactly. ``workers`` processes render and encode; uploads stay in this process,
+    and the output does not depend on ``workers``. ``out_url`` must be empty or not exist yet.
     """
     names = _class_names(classes)
     counts = _split_counts(videos_per_class, val_fraction, test_fraction)
@@ -257,10 +276,11 @@ def write_synthetic_kinetics(
             fs.put_file(local, f"{root}/{clip.path}")
             os.remove(local)
     elapsed = time.monotonic() - started
-    log.info("wrote %d videos to %s in %.1f s (%.1f videos/s)", len(clips), out_url, elapsed, len(clips) / elapsed)
+    log.info("wrote %d videos to %s in %.1f s (%.1f videos/s)", len(clips), out_url, elapsed,
+             len(clips) / elapsed)
 
     for split in KINETICS_SPLITS:
-        rows = sorted((clip for clip in clips if clip.split == split), key=lambda c: (c.label, c.youtube_id))
+        rows = sorted((c for c in clips if c.split == split), key=lambda c: (c.label, c.youtube_id))
         fs.pipe_file(f"{root}/{split}.csv", _csv(rows).encode("utf-8"))
     write_label_map(f"{out_url.rstrip('/')}/{LABEL_MAP_NAME}", derive_label_map(names), options)
     return {split: sum(clip.split == split for clip in clips) for split in KINETICS_SPLITS}
@@ -269,26 +289,28 @@ def write_synthetic_kinetics(
 def _class_names(classes: int | Sequence[str]) -> list[str]:
     if isinstance(classes, int):
         if not 1 <= classes <= len(MOTIONS):
-            raise ValueError(f"classes must be 1..{len(MOTIONS)} (the motion classes defined), got {classes}")
+            raise ValueError(
+                f"classes must be 1..{len(MOTIONS)} (the motion classes defined), got {classes}"
+            )
         return list(MOTIONS)[:classes]
     names = list(classes)
     unknown = [name for name in names if name not in MOTIONS]
     if unknown or not names or len(set(names)) != len(names):
-        raise ValueError(
-            f"classes must be distinct names among {', '.join(MOTIONS)}; got {names}"
-        )
+        raise ValueError(f"classes must be distinct names among {', '.join(MOTIONS)}; got {names}")
     return names
 
 
 def _split_counts(videos_per_class: int, val_fraction: float, test_fraction: float) -> dict[str, int]:
     if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1):
-        raise ValueError(f"val_fraction and test_fraction must be in [0, 1), got {val_fraction}, {test_fraction}")
+        raise ValueError(
+            f"val_fraction and test_fraction must be in [0, 1), got {val_fraction}, {test_fraction}"
+        )
     val = math.floor(videos_per_class * val_fraction + 0.5)
     test = math.floor(videos_per_class * test_fraction + 0.5)
     if videos_per_class - val - test < 1:
         raise ValueError(
-            f"videos_per_class={videos_per_class} leaves no training video after val {val} and test {test}; "
-            "raise videos_per_class or lower the fractions"
+            f"videos_per_class={videos_per_class} leaves no training video after val {val} and "
+            f"test {test}; raise videos_per_class or lower the fractions"
         )
     return {"train": videos_per_class - val - test, "val": val, "test": test}
 
@@ -300,7 +322,9 @@ def _check_encoding(duration: float, fps: int, width: int, height: int, gop: int
         raise ValueError(f"fps and gop must be >= 1, got fps={fps}, gop={gop}")
     num_frames = round(duration * fps)
     if num_frames < 2:
-        raise ValueError(f"duration {duration} s at {fps} fps gives {num_frames} frame(s); need at least 2")
+        raise ValueError(
+            f"duration {duration} s at {fps} fps gives {num_frames} frame(s); need at least 2"
+        )
     return _Encoding(width, height, fps, num_frames, gop)
 
 
@@ -314,12 +338,13 @@ def _plan(names: list[str], counts: dict[str, int], seed: int, seconds: int) -> 
             rng = np.random.default_rng([seed, class_id, number, 0])
             youtube_id = "".join(rng.choice(list(_YOUTUBE_ID_ALPHABET), 11))
             start = int(rng.integers(0, 600))
-            clips.append(_Clip(name, split, youtube_id, start, start + seconds, (seed, class_id, number, 1)))
+            entropy = (seed, class_id, number, 1)
+            clips.append(_Clip(name, split, youtube_id, start, start + seconds, entropy))
     return clips
 
 
 def _encode_all(clips: list[_Clip], encoding: _Encoding, scratch: str, workers: int) -> Iterator[str]:
-    """Local paths of the encoded clips, in order, encoding up to ``workers`` at a time."""
+    """Local paths of the encoded clips, in order; at most 2 * ``workers`` wait for upload."""
     paths = [os.path.join(scratch, f"{number}.mp4") for number in range(len(clips))]
     if workers == 1:
         for clip, path in zip(clips, paths):
@@ -327,14 +352,22 @@ def _encode_all(clips: list[_Clip], encoding: _Encoding, scratch: str, workers: 
         return
     # spawn: the parent may hold threads (fsspec's event loop, torch) that fork would copy broken.
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        yield from pool.map(_encode, clips, [encoding] * len(clips), paths)
+        pending: deque[Future[str]] = deque()
+        for clip, path in zip(clips, paths):
+            pending.append(pool.submit(_encode, clip, encoding, path))
+            if len(pending) > 2 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 def _encode(clip: _Clip, encoding: _Encoding, path: str) -> str:
-    scene = sample_scene(clip.label, np.random.default_rng(clip.entropy), encoding.width, encoding.height)
+    rng = np.random.default_rng(clip.entropy)
+    scene = sample_scene(clip.label, rng, encoding.width, encoding.height)
     # bitexact: no muxer version strings, so that equal inputs give equal bytes.
     with av.open(path, "w", format="mp4", options={"fflags": "+bitexact"}) as container:
-        stream = container.add_stream("libx264", rate=encoding.fps, options={**_X264_OPTIONS, "g": str(encoding.gop)})
+        options = {**_X264_OPTIONS, "g": str(encoding.gop)}
+        stream = container.add_stream("libx264", rate=encoding.fps, options=options)
         stream.width, stream.height, stream.pix_fmt = encoding.width, encoding.height, "yuv420p"
         stream.time_base = Fraction(1, encoding.fps)
         for index in range(encoding.num_frames):

@@ -18,14 +18,14 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
+from .octave import octave_downsample
+
 Factors = Tuple[Tuple[int, ...], ...]
 
 
 def _pool(x: torch.Tensor, factors: Factors) -> torch.Tensor:
-    pool = F.avg_pool3d if x.dim() == 5 else F.avg_pool2d
     for factor in factors:
-        if any(f != 1 for f in factor):
-            x = pool(x, factor, factor, ceil_mode=True)
+        x = octave_downsample(x, factor)
     return x
 
 

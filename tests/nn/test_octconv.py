@@ -188,10 +188,11 @@ def test_spatiotemporal_pooling_cost(alpha):
 
 @pytest.mark.parametrize("alpha_in", [0.0, 0.5])
 @pytest.mark.parametrize("octave_pool,stride", [((1, 2, 2), 1), ((2, 2, 2), 1), ((1, 2, 2), (1, 2, 2))])
-def test_gradients_are_exact(alpha_in, octave_pool, stride):
-    """The memory-saving low path (custom backward) against numerical derivatives."""
+@pytest.mark.parametrize("size", [(2, 3, 5), (2, 4, 8)])
+def test_gradients_are_exact(alpha_in, octave_pool, stride, size):
+    """The custom backward passes (pooled convolution, fast pooling, upsample-add) against numerical derivatives."""
     conv = OctConv3d(4, 4, 3, alpha_in, 0.5, padding=1, stride=stride, octave_pool=octave_pool, bias=True).double()
-    x = octave_input(4, alpha_in, (2, 3, 5), octave_pool, batch=1)
+    x = octave_input(4, alpha_in, size, octave_pool, batch=1)
     inputs = tuple(t.double().requires_grad_() for t in (x if isinstance(x, tuple) else (x,)))
 
     def flat(*args):

@@ -1,0 +1,22 @@
+"""The benchmark scripts stay runnable (tiny sizes; the figures themselves live in BENCHMARKS.md)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_octconv_benchmark_runs_and_writes_its_section(tmp_path):
+    out = tmp_path / "BENCHMARKS.md"
+    out.write_text("# Benchmarks\n\n## Other section\n\nkept\n")
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "octconv.py"), "--size", "32", "--frames", "4",
+           "--rounds", "1", "--alphas", "0", "0.5", "--output", str(out)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    text = out.read_text()
+    assert "## Other section\n\nkept" in text
+    assert "| 0.5 |" in text and "At alpha = 0.5: time ratio" in text
+    # A second run replaces its own section rather than appending another.
+    subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=True)
+    assert out.read_text().count("## Oct-I3D-R50 forward + backward") == 1
