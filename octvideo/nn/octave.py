@@ -124,12 +124,21 @@ def _phase_sum(x: torch.Tensor, factor: Tuple[int, ...]) -> torch.Tensor:
     return x
 
 
+def memory_format_of(x: torch.Tensor) -> torch.memory_format:
+    """The layout to give a new tensor derived from ``x`` (channels-last stays channels-last)."""
+    last = {4: torch.channels_last, 5: torch.channels_last_3d}.get(x.dim())
+    if last is not None and not x.is_contiguous() and x.is_contiguous(memory_format=last):
+        return last
+    return torch.contiguous_format
+
+
 def _spread(low: torch.Tensor, factor: Tuple[int, ...]) -> torch.Tensor:
-    """Nearest upsampling by ``factor`` (one write through a broadcast view)."""
+    """Nearest upsampling by ``factor`` (one write through a broadcast view), in ``low``'s layout."""
     blocked, low_view = _blocked_shapes(low.shape, factor)
-    out = low.new_empty(blocked)
-    out.copy_(low.view(low_view))
-    return out.view([s * f for s, f in zip(low.shape, (1, 1) + factor)])
+    shape = [s * f for s, f in zip(low.shape, (1, 1) + factor)]
+    out = torch.empty(shape, dtype=low.dtype, device=low.device, memory_format=memory_format_of(low))
+    out.view(blocked).copy_(low.view(low_view))
+    return out
 
 
 class _AverageDown(torch.autograd.Function):
