@@ -16,7 +16,7 @@ def test_octconv_benchmark_runs_and_writes_its_section(tmp_path):
     assert result.returncode == 0, result.stderr
     text = out.read_text()
     assert "## Other section\n\nkept" in text
-    assert "| 0.5 |" in text and "At alpha = 0.5: time ratio" in text
+    assert "| 0.5 |" in text and "At alpha = 0.5 (channels-last): time ratio" in text
     # A second run replaces its own section rather than appending another.
     subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=True)
     assert out.read_text().count("## Oct-I3D-R50 forward + backward") == 1
