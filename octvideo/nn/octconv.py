@@ -15,10 +15,10 @@ Strided layers follow the official code: the inputs are average-pooled by the
 stride and the paths run at stride 1; when the stride equals the octave factor the
 L->H path lands on the high output grid directly and needs no upsampling.
 
-Implementation: the two paths that write the low output are fused into one
-convolution over ``cat(pool(X_H), X_L)`` (one kernel call, one output write) that
-keeps no pooled copy for backward (see ``low_path``), and the L->H result is added
-into the H->H output in place through a broadcast view (no upsampled copy). With ``alpha_in == alpha_out == 0`` the layer is exactly a
+Implementation: ungrouped layers run as one autograd function (``octconv_function``):
+three convolutions (H->H, a fused low-output convolution, L->H), no pooled copies
+kept for backward, gradients accumulated in place. Grouped and depthwise layers
+run path by path on plain autograd ops. With ``alpha_in == alpha_out == 0`` the layer is exactly a
 plain strided convolution.
 """
 
@@ -31,16 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .low_path import pooled_conv
-from .octave import (
-    Octave,
-    OctaveChannels,
-    add_upsampled_,
-    as_channels,
-    octave_downsample,
-    pack,
-    unpack,
-)
+from .grid import add_upsampled_, downsample, low_size
+from .octave import Octave, OctaveChannels, as_channels, pack, unpack
+from .octconv_function import Geometry, octave_conv
 
 IntOrTuple = Union[int, Sequence[int]]
 ChannelSpec = Union[int, Sequence[int]]
@@ -201,36 +194,16 @@ class OctConv(nn.Module):
             return self._conv(x_h, self.weight_hh, self.bias_h, self.stride, self.groups)
         if self.groups > 1:
             return self._forward_grouped(x_h, x_l)
-
-        stride = (self.stride,) if any(s != 1 for s in self.stride) else ()
-        y_h = self._conv_pooled([(x_h, stride)], [self.weight_hh], self.bias_h)
-        y_l = None
-        if self.out_split.low:
-            inputs, weights = [(x_h, stride + (self.octave_pool,))], [self.weight_hl]
-            if x_l is not None:
-                inputs.append((x_l, stride))
-                weights.append(self.weight_ll)
-            y_l = self._conv_pooled(inputs, weights, self.bias_l)
-        if self.weight_lh is not None:
-            if self.stride == self.octave_pool:  # L->H lands on the strided high grid: no upsampling
-                y_h = y_h.add_(self._conv(x_l, self.weight_lh, None, (1,) * self.dims, 1))
-            else:
-                y_h = add_upsampled_(y_h, self._conv_pooled([(x_l, stride)], [self.weight_lh], None), self.octave_pool)
-        return pack(y_h, y_l)
-
-    def _conv_pooled(self, inputs, weights, bias) -> torch.Tensor:
-        """Stride-1 convolution of pooled, concatenated inputs (see ``low_path``); plain when nothing is pooled."""
-        if len(inputs) == 1 and not inputs[0][1]:
-            return self._conv(inputs[0][0], weights[0], bias, (1,) * self.dims, 1)
-        return pooled_conv(inputs, weights, bias, self.padding, self.dilation)
+        geometry = Geometry(self.stride, self.octave_pool, self.padding, self.dilation)
+        return pack(*octave_conv(x_h, x_l, self.path_weights(), self.bias_h, self.bias_l, geometry))
 
     def _forward_grouped(self, x_h: torch.Tensor, x_l: Optional[torch.Tensor]) -> Octave:
         """Grouped and depthwise layers: the four (or two) paths one by one."""
         one = (1,) * self.dims
         if any(s != 1 for s in self.stride):
             x_l_on_grid = x_l
-            x_h = octave_downsample(x_h, self.stride)
-            x_l = None if x_l is None else octave_downsample(x_l, self.stride)
+            x_h = downsample(x_h, self.stride)
+            x_l = None if x_l is None else downsample(x_l, self.stride)
         else:
             x_l_on_grid = None
         if self.depthwise:
@@ -239,7 +212,7 @@ class OctConv(nn.Module):
         y_h = self._conv(x_h, self.weight_hh, self.bias_h, one, self.groups)
         y_l = None
         if self.out_split.low:
-            y_l = self._conv(octave_downsample(x_h, self.octave_pool), self.weight_hl, self.bias_l, one, self.groups)
+            y_l = self._conv(downsample(x_h, self.octave_pool), self.weight_hl, self.bias_l, one, self.groups)
             if x_l is not None:
                 y_l = y_l.add_(self._conv(x_l, self.weight_ll, None, one, self.groups))
         if self.weight_lh is not None:
@@ -258,7 +231,7 @@ class OctConv(nn.Module):
                 f"{type(self).__name__} expects (high, low) channels {tuple(self.in_split)}, got {tuple(got)}"
             )
         if x_l is not None:
-            expected = tuple(math.ceil(s / f) for s, f in zip(x_h.shape[2:], self.octave_pool))
+            expected = low_size(x_h.shape[2:], self.octave_pool)
             if tuple(x_l.shape[2:]) != expected:
                 raise ValueError(
                     f"low-frequency input has size {tuple(x_l.shape[2:])}, expected {expected} for high size "

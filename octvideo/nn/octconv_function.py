@@ -1,0 +1,158 @@
+"""The forward and backward of an (ungrouped) octave convolution, written once as one autograd function.
+
+Why not plain autograd ops: an octave layer is three convolutions around cheap
+pooling, upsampling and adds. Left to autograd, those cheap steps cost more than
+the convolutions they serve at small alpha: autograd keeps a pooled copy of X_H for
+backward (a quarter of the input, per layer), materialises the pooled path's
+gradient at full resolution and then adds it to the H->H path's gradient in
+another pass. Here:
+
+* forward runs three convolutions: H->H; one fused convolution for the low output
+  over ``cat(pool(X_H), X_L)`` with ``[W_HL | W_LL]``; L->H, added into the H->H
+  output in place through a broadcast view;
+* only X_H, X_L and the weights are kept (the network keeps them anyway); the
+  pooling is redone in backward, the convolutions never are;
+* backward accumulates the pooled path's gradient straight into the H->H path's
+  input gradient, through a broadcast view.
+
+Strided layers follow the official code: inputs are average-pooled by the stride
+and the paths run at stride 1; when the stride equals the octave factor, L->H reads
+X_L directly and lands on the high grid without upsampling.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from .grid import add_down_adjoint_, add_upsampled_, block_sum, down_adjoint, downsample
+
+
+@dataclass(frozen=True)
+class Geometry:
+    stride: Tuple[int, ...]
+    octave_pool: Tuple[int, ...]
+    padding: Tuple[int, ...]
+    dilation: Tuple[int, ...]
+
+    @property
+    def strided(self) -> bool:
+        return any(s != 1 for s in self.stride)
+
+    @property
+    def lh_on_grid(self) -> bool:
+        """L->H reads X_L and lands on the (strided) high grid directly."""
+        return self.stride == self.octave_pool
+
+
+def _conv(x, w, b, geometry: Geometry):
+    conv = F.conv3d if x.dim() == 5 else F.conv2d
+    return conv(x, w, b, 1, geometry.padding, geometry.dilation)
+
+
+def _conv_backward(grad, x, w, has_bias: bool, geometry: Geometry, mask):
+    n = len(geometry.padding)
+    return torch.ops.aten.convolution_backward(
+        grad, x, w, [w.shape[0]] if has_bias else None, [1] * n, list(geometry.padding),
+        list(geometry.dilation), False, [0] * n, 1, list(mask),
+    )
+
+
+def _low_input(x_h: torch.Tensor, x_l: Optional[torch.Tensor], g: Geometry) -> torch.Tensor:
+    pooled = downsample(x_h, g.octave_pool)
+    return pooled if x_l is None else torch.cat([pooled, x_l], dim=1)
+
+
+def _low_weight(w_hl: torch.Tensor, w_ll: Optional[torch.Tensor]) -> torch.Tensor:
+    return w_hl if w_ll is None else torch.cat([w_hl, w_ll], dim=1)
+
+
+class _OctaveConv(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, geometry, b_h, b_l, x_h, x_l, w_hh, w_hl, w_lh, w_ll):
+        g = geometry
+        xs_h = downsample(x_h, g.stride)
+        xs_l = None if x_l is None else downsample(x_l, g.stride)
+        y_h = _conv(xs_h, w_hh, b_h, g)
+        y_l = None
+        if w_hl is not None:
+            y_l = _conv(_low_input(xs_h, xs_l, g), _low_weight(w_hl, w_ll), b_l, g)
+        if w_lh is not None:
+            if g.lh_on_grid:
+                y_h.add_(_conv(x_l, w_lh, None, g))
+            else:
+                add_upsampled_(y_h, _conv(xs_l, w_lh, None, g), g.octave_pool)
+        ctx.geometry, ctx.has_bias = g, (b_h is not None, b_l is not None)
+        ctx.save_for_backward(x_h, x_l, w_hh, w_hl, w_lh, w_ll)
+        return y_h, y_l
+
+    @staticmethod
+    def backward(ctx, grad_h, grad_l):
+        g = ctx.geometry
+        x_h, x_l, w_hh, w_hl, w_lh, w_ll = ctx.saved_tensors
+        need = dict(zip(["b_h", "b_l", "x_h", "x_l", "w_hh", "w_hl", "w_lh", "w_ll"], ctx.needs_input_grad[1:]))
+        xs_h = downsample(x_h, g.stride)
+        xs_l = None if x_l is None else downsample(x_l, g.stride)
+        out = dict.fromkeys(need)
+
+        # H->H; its input gradient is the buffer the pooled path's gradient is added into.
+        gxs_h, out["w_hh"], out["b_h"] = _conv_backward(
+            grad_h, xs_h, w_hh, ctx.has_bias[0], g, (need["x_h"], need["w_hh"], ctx.has_bias[0] and need["b_h"])
+        )
+        gxs_l = None  # gradient w.r.t. the stride-pooled X_L
+        gx_l_direct = None  # gradient w.r.t. X_L itself (L->H on grid)
+
+        if w_hl is not None and grad_l is not None:
+            low_input = _low_input(xs_h, xs_l, g)
+            g_low, g_w_low, out["b_l"] = _conv_backward(
+                grad_l, low_input, _low_weight(w_hl, w_ll), ctx.has_bias[1], g,
+                (need["x_h"] or need["x_l"], need["w_hl"] or need["w_ll"], ctx.has_bias[1] and need["b_l"]),
+            )
+            high_channels = xs_h.shape[1]
+            if gxs_h is not None:
+                add_down_adjoint_(gxs_h, g_low[:, :high_channels], g.octave_pool)
+            if xs_l is not None and g_low is not None:
+                gxs_l = g_low[:, high_channels:]
+            if g_w_low is not None:
+                out["w_hl"] = g_w_low[:, :high_channels]
+                out["w_ll"] = None if w_ll is None else g_w_low[:, high_channels:]
+
+        if w_lh is not None:
+            source = x_l if g.lh_on_grid else xs_l
+            grad_lh = grad_h if g.lh_on_grid else block_sum(grad_h, g.octave_pool)
+            g_source, out["w_lh"], _ = _conv_backward(grad_lh, source, w_lh, False, g, (need["x_l"], need["w_lh"], False))
+            if g_source is None:
+                pass
+            elif g.lh_on_grid:
+                gx_l_direct = g_source
+            else:
+                gxs_l = g_source if gxs_l is None else gxs_l + g_source
+
+        if gxs_h is not None:
+            out["x_h"] = down_adjoint(gxs_h, x_h.shape, g.stride) if g.strided else gxs_h
+        if x_l is not None and need["x_l"]:
+            gx_l = None
+            if gxs_l is not None:
+                gx_l = down_adjoint(gxs_l, x_l.shape, g.stride) if g.strided else gxs_l
+            if gx_l_direct is not None:
+                gx_l = gx_l_direct if gx_l is None else gx_l + gx_l_direct
+            out["x_l"] = gx_l
+        return (None, out["b_h"], out["b_l"], out["x_h"], out["x_l"], out["w_hh"], out["w_hl"], out["w_lh"], out["w_ll"])
+
+
+def octave_conv(
+    x_h: torch.Tensor,
+    x_l: Optional[torch.Tensor],
+    weights: dict,
+    bias_h: Optional[torch.Tensor],
+    bias_l: Optional[torch.Tensor],
+    geometry: Geometry,
+) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """``(Y_H, Y_L)`` of an ungrouped octave layer; ``weights`` maps path names (hh, hl, lh, ll) to weights."""
+    return _OctaveConv.apply(
+        geometry, bias_h, bias_l, x_h, x_l,
+        weights["hh"], weights.get("hl"), weights.get("lh"), weights.get("ll"),
+    )
