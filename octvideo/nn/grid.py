@@ -45,9 +45,14 @@ def _blocked_shapes(low_shape: Sequence[int], factor: Factor) -> Tuple[List[int]
     return blocked, low_view
 
 
+def _window(shape: Sequence[int], factor: Factor) -> List[int]:
+    """Pooling window: the factor, shrunk where the input is smaller (a 1-wide map pools to itself)."""
+    return [min(size, f) for size, f in zip(shape, factor)]
+
+
 def _pool(x: torch.Tensor, factor: Factor, **kwargs) -> torch.Tensor:
     pool = F.avg_pool3d if x.dim() == 5 else F.avg_pool2d
-    return pool(x, factor, factor, ceil_mode=True, **kwargs)
+    return pool(x, _window(x.shape[2:], factor), factor, ceil_mode=True, **kwargs)
 
 
 def _phase_sum(x: torch.Tensor, factor: Factor) -> torch.Tensor:
@@ -77,8 +82,8 @@ def add_down_adjoint_(target: torch.Tensor, grad_low: torch.Tensor, factor: Fact
         target.view(blocked).add_(grad_low.view(low_view), alpha=1.0 / math.prod(factor))
         return target
     backward = torch.ops.aten.avg_pool3d_backward if target.dim() == 5 else torch.ops.aten.avg_pool2d_backward
-    n = len(factor)
-    return target.add_(backward(grad_low, target, list(factor), list(factor), [0] * n, True, True, None))
+    window = _window(target.shape[2:], factor)
+    return target.add_(backward(grad_low, target, window, list(factor), [0] * len(factor), True, True, None))
 
 
 def down_adjoint(grad_low: torch.Tensor, high_shape: Sequence[int], factor: Factor) -> torch.Tensor:

@@ -130,6 +130,15 @@ def test_video_models_take_odd_sizes(alpha, octave_pool):
     assert model([torch.randn(1, 3, 3, 65, 71), torch.randn(1, 3, 12, 65, 71)]).shape == (1, 7)
 
 
+@pytest.mark.parametrize("octave_pool", [(1, 2, 2), (2, 2, 2)])
+def test_maps_that_shrink_to_a_single_cell(octave_pool):
+    """32 x 32 inputs reach 1 x 1 in res5: a one-cell map pools to itself."""
+    model = build_model("oct_i3d_r50", alpha=0.5, last_stage_alpha=0.5, octave_pool=octave_pool, **TINY)
+    x = torch.randn(2, 3, 3, 32, 32, requires_grad=True)
+    model(x).sum().backward()
+    assert x.grad is not None
+
+
 @pytest.mark.parametrize("alpha", [0.0, 0.5])
 def test_resnet50_takes_odd_sizes(alpha):
     assert build_model("oct_resnet50", alpha=alpha, num_classes=5)(torch.randn(1, 3, 113, 97)).shape == (1, 5)
