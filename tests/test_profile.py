@@ -1,7 +1,6 @@
 """The profiler reproduces the paper's cost tables through torch.utils.flop_counter."""
 
 import pytest
-import torch
 
 from octvideo.cli import main
 from octvideo.models import build_model

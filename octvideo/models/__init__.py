@@ -1,8 +1,7 @@
 """Octave video and image networks, built by name: ``build_model("oct_i3d_r50", alpha=0.5)``."""
 
-from . import resnet, slowfast  # noqa: F401  (registers the builders)
 from .registry import build_model, list_models, vanilla_twin
-from .resnet import ResNet
+from .resnet import ResNet  # importing a model module registers its builders
 from .slowfast import SlowFast
 from .vanilla import load_vanilla_weights
 

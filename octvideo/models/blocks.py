@@ -6,6 +6,7 @@ pair handling happens inside ``octvideo.nn``, so the blocks read like torchvisio
 
 from __future__ import annotations
 
+from functools import partial
 from typing import List, Optional, Sequence, Tuple, Type, Union
 
 from torch import nn
@@ -17,6 +18,7 @@ from octvideo.nn import (
     OctaveChannels,
     OctConv2d,
     OctConv3d,
+    check_alpha,
     octave_add,
 )
 
@@ -70,45 +72,8 @@ class ConvBN(nn.Module):
         return x if self.relu is None else self.relu(x)
 
 
-class Bottleneck(nn.Module):
-    """1 x 1 (with the block's temporal kernel) -> 3 x 3 (strided) -> 1 x 1 expansion, plus shortcut."""
-
-    expansion = 4
-
-    def __init__(
-        self,
-        in_channels: Channels,
-        width: int,
-        *,
-        stride: int = 1,
-        temporal_kernel: int = 1,
-        alpha_in: float = 0.0,
-        alpha: float = 0.0,
-        octave_pool: Tuple[int, ...] = (1, 2, 2),
-        dims: int = 3,
-    ) -> None:
-        super().__init__()
-        out_channels = width * self.expansion
-        one = kernel_shape(dims, 1, 1)
-        strides = kernel_shape(dims, 1, stride)
-        args = dict(octave_pool=octave_pool)
-        self.conv1 = ConvBN(octave_conv(dims, in_channels, width, kernel_shape(dims, temporal_kernel, 1), one, alpha_in, alpha, **args), relu=True)
-        self.conv2 = ConvBN(octave_conv(dims, width, width, kernel_shape(dims, 1, 3), strides, alpha, alpha, **args), relu=True)
-        self.conv3 = ConvBN(octave_conv(dims, width, out_channels, one, one, alpha, alpha, **args), relu=False)
-        self.downsample = _shortcut(dims, in_channels, out_channels, strides, alpha_in, alpha, octave_pool)
-        self.relu = OctaveApply(nn.ReLU(inplace=True))
-
-    @property
-    def out_split(self) -> OctaveChannels:
-        return self.conv3.out_split
-
-    def forward(self, x: Octave) -> Octave:
-        identity = x if self.downsample is None else self.downsample(x)
-        return self.relu(octave_add(self.conv3(self.conv2(self.conv1(x))), identity))
-
-
-class BasicBlock(nn.Module):
-    """Two 3 x 3 convolutions (the first with the block's temporal kernel), plus shortcut."""
+class ResidualBlock(nn.Module):
+    """``relu(branch(x) + shortcut(x))``; a subclass builds the branch's convolutions in ``build``."""
 
     expansion = 1
 
@@ -126,22 +91,53 @@ class BasicBlock(nn.Module):
     ) -> None:
         super().__init__()
         strides = kernel_shape(dims, 1, stride)
-        args = dict(octave_pool=octave_pool)
-        self.conv1 = ConvBN(octave_conv(dims, in_channels, width, kernel_shape(dims, temporal_kernel, 3), strides, alpha_in, alpha, **args), relu=True)
-        self.conv2 = ConvBN(octave_conv(dims, width, width, kernel_shape(dims, 1, 3), kernel_shape(dims, 1, 1), alpha, alpha, **args), relu=False)
-        self.downsample = _shortcut(dims, in_channels, width, strides, alpha_in, alpha, octave_pool)
+        conv = partial(octave_conv, dims, octave_pool=octave_pool)
+        self.branch: List[str] = self.build(conv, dims, in_channels, width, strides, temporal_kernel, alpha_in, alpha)
+        out_channels = width * self.expansion
+        self.downsample = _shortcut(dims, in_channels, out_channels, strides, alpha_in, alpha, octave_pool)
         self.relu = OctaveApply(nn.ReLU(inplace=True))
+
+    def build(self, conv, dims, in_channels, width, strides, temporal_kernel, alpha_in, alpha) -> List[str]:
+        """Create the branch's ``ConvBN`` attributes and return their names in order."""
+        raise NotImplementedError
 
     @property
     def out_split(self) -> OctaveChannels:
-        return self.conv2.out_split
+        return getattr(self, self.branch[-1]).out_split
 
     def forward(self, x: Octave) -> Octave:
         identity = x if self.downsample is None else self.downsample(x)
-        return self.relu(octave_add(self.conv2(self.conv1(x)), identity))
+        out = x
+        for name in self.branch:
+            out = getattr(self, name)(out)
+        return self.relu(octave_add(out, identity))
 
 
-Block = Type[Union[Bottleneck, BasicBlock]]
+class Bottleneck(ResidualBlock):
+    """1 x 1 (with the block's temporal kernel) -> 3 x 3 (strided) -> 1 x 1 expansion, plus shortcut."""
+
+    expansion = 4
+
+    def build(self, conv, dims, in_channels, width, strides, temporal_kernel, alpha_in, alpha) -> List[str]:
+        one = kernel_shape(dims, 1, 1)
+        out = width * self.expansion
+        self.conv1 = ConvBN(conv(in_channels, width, kernel_shape(dims, temporal_kernel, 1), one, alpha_in, alpha), relu=True)
+        self.conv2 = ConvBN(conv(width, width, kernel_shape(dims, 1, 3), strides, alpha, alpha), relu=True)
+        self.conv3 = ConvBN(conv(width, out, one, one, alpha, alpha), relu=False)
+        return ["conv1", "conv2", "conv3"]
+
+
+class BasicBlock(ResidualBlock):
+    """Two 3 x 3 convolutions (the first strided, with the block's temporal kernel), plus shortcut."""
+
+    def build(self, conv, dims, in_channels, width, strides, temporal_kernel, alpha_in, alpha) -> List[str]:
+        one = kernel_shape(dims, 1, 1)
+        self.conv1 = ConvBN(conv(in_channels, width, kernel_shape(dims, temporal_kernel, 3), strides, alpha_in, alpha), relu=True)
+        self.conv2 = ConvBN(conv(width, width, kernel_shape(dims, 1, 3), one, alpha, alpha), relu=False)
+        return ["conv1", "conv2"]
+
+
+Block = Type[ResidualBlock]
 
 
 def _shortcut(dims, in_channels, out_channels, strides, alpha_in, alpha, octave_pool) -> Optional[ConvBN]:
@@ -183,8 +179,11 @@ def make_stage(
     return nn.Sequential(*blocks)
 
 
-def stage_alphas(alpha: float, last_stage_alpha: Optional[float], num_stages: int = 4) -> List[float]:
-    """Per-stage alpha: ``alpha`` everywhere but the last stage, which runs at
-    ``last_stage_alpha`` (0 by default, as in the official Oct-ResNets)."""
-    last = 0.0 if last_stage_alpha is None else last_stage_alpha
+def stage_alphas(alpha: float, last_stage_alpha: Optional[float], num_classes: int, num_stages: int = 4) -> List[float]:
+    """Check a network's arguments and return the per-stage alpha: ``alpha`` everywhere but the
+    last stage, which runs at ``last_stage_alpha`` (0 by default, as in the official Oct-ResNets)."""
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be positive, got {num_classes}")
+    check_alpha(alpha)
+    last = 0.0 if last_stage_alpha is None else check_alpha(last_stage_alpha, "last_stage_alpha")
     return [alpha] * (num_stages - 1) + [last]

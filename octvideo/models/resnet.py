@@ -14,7 +14,7 @@ from typing import Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from octvideo.nn import Octave, OctaveApply, OctaveGlobalPool, check_alpha
+from octvideo.nn import Octave, OctaveApply, OctaveGlobalPool
 
 from .blocks import BasicBlock, Block, Bottleneck, ConvBN, kernel_shape, make_stage, octave_conv, stage_alphas
 from .registry import register_model
@@ -53,11 +53,7 @@ class ResNet(nn.Module):
         in_channels: int = 3,
     ) -> None:
         super().__init__()
-        check_alpha(alpha)
-        if last_stage_alpha is not None:
-            check_alpha(last_stage_alpha, "last_stage_alpha")
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be positive, got {num_classes}")
+        alphas = stage_alphas(alpha, last_stage_alpha, num_classes)
         octave_pool = tuple(octave_pool or kernel_shape(dims, 1, 2))
         self.stem = ConvBN(
             octave_conv(
@@ -69,7 +65,6 @@ class ResNet(nn.Module):
         pool = nn.MaxPool3d if dims == 3 else nn.MaxPool2d
         self.stem_pool = pool(kernel_shape(dims, 1, 3), stride=kernel_shape(dims, 1, 2), padding=kernel_shape(dims, 0, 1))
 
-        alphas = stage_alphas(alpha, last_stage_alpha)
         channels, alpha_in = width, 0.0
         stages = []
         for i, (num_blocks, stage_alpha) in enumerate(zip(layers, alphas)):

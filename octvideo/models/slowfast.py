@@ -17,7 +17,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from octvideo.nn import Octave, OctaveChannels, OctaveGlobalPool, check_alpha, octave_cat
+from octvideo.nn import Octave, OctaveChannels, OctaveGlobalPool, octave_cat
 
 from .blocks import Bottleneck, ConvBN, make_stage, octave_conv, stage_alphas
 from .registry import register_model
@@ -67,9 +67,7 @@ class SlowFast(nn.Module):
         in_channels: int = 3,
     ) -> None:
         super().__init__()
-        check_alpha(alpha)
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be positive, got {num_classes}")
+        alphas = stage_alphas(alpha, last_stage_alpha, num_classes)
         octave_pool = tuple(octave_pool)
         fast_width = width // channel_ratio
         self.speed_ratio = speed_ratio
@@ -81,7 +79,6 @@ class SlowFast(nn.Module):
         self.slow_stem = stem(width, 1)
         self.fast_stem = stem(fast_width, 5)
 
-        alphas = stage_alphas(alpha, last_stage_alpha)
         slow_in = OctaveChannels(width, 0)
         fast_in = OctaveChannels(fast_width, 0)
         alpha_in = 0.0

@@ -91,24 +91,24 @@ class OctConv(nn.Module):
         if self.is_octave:
             self._check_size_preserving()
 
-        # One weight per path; a path whose input or output group is empty does not exist.
-        k = self.kernel_size
+        # One weight per path; a path whose input or output group is empty does not exist, and a
+        # depthwise layer has no cross-frequency paths.
         ih, il = self.in_split
         oh, ol = self.out_split
-        g = 1 if self.depthwise else self.groups
-        self.weight_hh = self._weight(oh, ih // g if not self.depthwise else 1, k)
-        self.weight_hl = self._weight(ol, ih // g, k) if ih and ol and not self.depthwise else None
-        self.weight_lh = self._weight(oh, il // g, k) if il and oh and not self.depthwise else None
-        self.weight_ll = self._weight(ol, il // g if not self.depthwise else 1, k) if il and ol else None
+        cross = not self.depthwise
+        self.weight_hh = self._weight(oh, ih)
+        self.weight_hl = self._weight(ol, ih) if ih and ol and cross else None
+        self.weight_lh = self._weight(oh, il) if il and oh and cross else None
+        self.weight_ll = self._weight(ol, il) if il and ol else None
         self.bias_h = nn.Parameter(torch.empty(oh)) if bias else None
         self.bias_l = nn.Parameter(torch.empty(ol)) if bias and ol else None
         self.reset_parameters()
 
     # -- construction ---------------------------------------------------------------------------
 
-    @staticmethod
-    def _weight(out_c: int, in_c: int, kernel: Tuple[int, ...]) -> nn.Parameter:
-        return nn.Parameter(torch.empty(out_c, in_c, *kernel))
+    def _weight(self, out_channels: int, in_channels: int) -> nn.Parameter:
+        in_per_group = 1 if self.depthwise else in_channels // self.groups
+        return nn.Parameter(torch.empty(out_channels, in_per_group, *self.kernel_size))
 
     def _check_groups(self) -> bool:
         g = self.groups
