@@ -109,6 +109,16 @@ def test_slowfast_laterals_reorder_channels_into_octave_groups():
     torch.testing.assert_close(hh[:, 128:], source[:64, 256:288], rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_vanilla_weights_load_into_every_model_at_any_alpha(name):
+    make_plain, make_input = CASES[name]
+    plain = make_plain()
+    model = build_model(name, alpha=0.25, last_stage_alpha=0.125)
+    load_vanilla_weights(model, plain.state_dict())  # raises unless every tensor is used and filled
+    classifier = plain.fc if name == "oct_resnet50" else plain.blocks[-1].proj
+    torch.testing.assert_close(model.fc.weight, classifier.weight, rtol=0, atol=0)
+
+
 def test_mismatched_state_dict_is_a_clear_error():
     model = build_model("oct_resnet50")
     with pytest.raises(ValueError, match="does not match"):
