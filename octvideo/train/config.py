@@ -1,0 +1,233 @@
+"""Experiment configuration: YAML files validated by a pydantic schema, with dotted overrides.
+
+    config = load_config("configs/demo.yaml", overrides=["optim.lr=0.1", "model.alpha=0.25"])
+
+Every section forbids unknown keys, so a typo fails before any cluster work with a
+message that names the key; all problems are reported at once, as ``ConfigError``
+(a ``ValueError``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple
+
+import fsspec
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message lists every problem by its dotted key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(_Section):
+    name: str = "oct_i3d_r50"
+    alpha: float = Field(0.0, ge=0.0, lt=1.0, description="share of low-frequency channels")
+    octave_pool: Tuple[int, int, int] = (1, 2, 2)
+    last_stage_alpha: Optional[float] = Field(None, ge=0.0, lt=1.0)
+    width: Optional[int] = Field(None, ge=1, description="base channel width; None: the model's default")
+    num_classes: Optional[int] = Field(None, ge=1, description="None: the number of classes in the label map")
+    pretrained: Optional[str] = Field(None, description="URL of a plain (alpha = 0) state dict to start from")
+    dropout: float = Field(0.5, ge=0.0, lt=1.0)
+
+    @field_validator("name")
+    @classmethod
+    def _known_model(cls, name: str) -> str:
+        from octvideo.models import list_models
+
+        if name not in list_models():
+            raise ValueError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
+        return name
+
+    @field_validator("octave_pool")
+    @classmethod
+    def _pool(cls, pool: Tuple[int, int, int]) -> Tuple[int, int, int]:
+        if pool not in ((1, 2, 2), (2, 2, 2)):
+            raise ValueError(f"octave_pool must be [1, 2, 2] (spatial) or [2, 2, 2] (spatio-temporal), got {list(pool)}")
+        return pool
+
+
+class ClipConfig(_Section):
+    """PySlowFast's clip recipe: ``num_frames`` frames ``sampling_rate`` apart at ``target_fps``."""
+
+    num_frames: int = Field(8, ge=1)
+    sampling_rate: int = Field(8, ge=1)
+    target_fps: float = Field(30.0, gt=0)
+    train_short_side: Tuple[int, int] = (256, 320)
+    crop: int = Field(224, ge=16)
+    eval_short_side: int = Field(256, ge=16)
+    test_clips: int = Field(10, ge=1)
+    test_crops: Literal[1, 3] = 3
+
+    @model_validator(mode="after")
+    def _sizes(self) -> "ClipConfig":
+        low, high = self.train_short_side
+        if not 0 < low <= high:
+            raise ValueError(f"train_short_side must be [min, max] with 0 < min <= max, got {[low, high]}")
+        if low < self.crop or self.eval_short_side < self.crop:
+            raise ValueError(f"crop {self.crop} is larger than a short side ({[low, high]}, {self.eval_short_side})")
+        return self
+
+
+class DataConfig(_Section):
+    manifest: str = Field(..., description="URL of a Kinetics CSV, a 'path label' list or a class-folder tree")
+    root: Optional[str] = None
+    train_split: str = "train"
+    val_split: str = "val"
+    test_split: str = "test"
+    storage_options: Dict[str, Any] = Field(default_factory=dict)
+    clip: ClipConfig = ClipConfig()
+    workers: int = Field(4, ge=0, description="DataLoader worker processes per training worker")
+    decode_threads: int = Field(1, ge=0)
+    max_bad_fraction: float = Field(0.05, ge=0.0, le=1.0)
+
+
+class OptimConfig(_Section):
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(0.1, gt=0, description="peak learning rate for the whole job (all workers)")
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    weight_decay: float = Field(1e-4, ge=0.0)
+    decay_norm_and_bias: bool = Field(False, description="apply weight decay to batch norm and biases too")
+    epochs: int = Field(196, ge=1)
+    warmup_epochs: float = Field(34.0, ge=0.0)
+    warmup_start_lr: float = Field(0.01, ge=0.0)
+    batch_size_per_worker: int = Field(8, ge=1)
+    grad_accumulation: int = Field(1, ge=1)
+    clip_grad_norm: Optional[float] = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _warmup(self) -> "OptimConfig":
+        if self.warmup_epochs >= self.epochs:
+            raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must be fewer than epochs ({self.epochs})")
+        return self
+
+
+class DeepSpeedConfig(_Section):
+    zero_stage: Literal[0, 1, 2, 3] = 0
+    precision: Literal["bf16", "fp16", "fp32"] = "bf16"
+    offload_optimizer: bool = False
+    offload_params: bool = False
+
+    @model_validator(mode="after")
+    def _offload(self) -> "DeepSpeedConfig":
+        if self.offload_params and self.zero_stage != 3:
+            raise ValueError("offload_params needs zero_stage 3")
+        if self.offload_optimizer and self.zero_stage == 0:
+            raise ValueError("offload_optimizer needs zero_stage 1, 2 or 3")
+        return self
+
+
+class ScalingConfig(_Section):
+    num_workers: int = Field(2, ge=1, description="training workers: one per GPU")
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs per worker, its DataLoader workers included")
+    gpus_per_worker: float = Field(1.0, ge=0)
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+
+
+class CheckpointConfig(_Section):
+    storage_path: str = Field("./runs", description="any fsspec/pyarrow URL shared by all nodes, s3:// included")
+    name: str = Field("octvideo", description="run name; re-submitting the same name resumes")
+    every_steps: Optional[int] = Field(None, ge=1, description="also checkpoint every N steps, besides epoch ends")
+    keep_last: int = Field(3, ge=1)
+    max_failures: int = Field(3, ge=-1, description="worker failures to recover from; -1: unlimited")
+
+
+class TrackingConfig(_Section):
+    tracking_uri: Optional[str] = Field(None, description="None: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")
+    experiment: str = "octvideo"
+    registered_model_name: Optional[str] = None
+
+
+class ExperimentConfig(_Section):
+    model: ModelConfig = ModelConfig()
+    data: DataConfig
+    optim: OptimConfig = OptimConfig()
+    deepspeed: DeepSpeedConfig = DeepSpeedConfig()
+    scaling: ScalingConfig = ScalingConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _precision_on_cpu(self) -> "ExperimentConfig":
+        if not self.scaling.use_gpu and self.deepspeed.precision == "fp16":
+            raise ValueError("deepspeed.precision fp16 needs GPUs; on CPU use bf16 or fp32")
+        return self
+
+
+def apply_overrides(raw: Dict[str, Any], overrides: Sequence[str]) -> Dict[str, Any]:
+    """Apply ``key.sub=value`` overrides (values parsed as YAML) to a raw config mapping, in place."""
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r} is not of the form key.sub=value")
+        *parents, leaf = key.strip().split(".")
+        node = raw
+        for i, part in enumerate(parents):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {item!r}: {'.'.join(parents[: i + 1])} is not a section")
+            node = child
+        node[leaf] = yaml.safe_load(text) if text.strip() else None
+    return raw
+
+
+def _describe(error: ValidationError) -> str:
+    lines = []
+    for problem in error.errors():
+        where = ".".join(str(part) for part in problem["loc"]) or "(top level)"
+        message = "unknown key" if problem["type"] == "extra_forbidden" else problem["msg"]
+        lines.append(f"  {where}: {message}")
+    return "\n".join(lines)
+
+
+def parse_config(raw: Dict[str, Any], source: str = "config") -> ExperimentConfig:
+    try:
+        return ExperimentConfig.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(f"{source} is not a valid experiment:\n{_describe(error)}") from None
+
+
+def load_config(url: str, overrides: Sequence[str] = ()) -> ExperimentConfig:
+    """Read a YAML experiment from a path or URL, apply dotted overrides, validate."""
+    try:
+        with fsspec.open(str(url), "r", encoding="utf-8") as f:
+            raw = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {url} does not exist") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{url} is not valid YAML: {error}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{url} must hold a mapping of sections (model, data, optim, ...), got {type(raw).__name__}")
+    return parse_config(apply_overrides(raw, overrides), source=str(url))
+
+
+def config_to_dict(config: ExperimentConfig) -> Dict[str, Any]:
+    """Plain JSON-able form (for saving next to the run)."""
+    return config.model_dump(mode="json")
+
+
+def flatten(mapping: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
+    """``{"optim": {"lr": 0.1}}`` -> ``{"optim.lr": 0.1}`` (for tracking parameters)."""
+    flat: Dict[str, Any] = {}
+    for key, value in mapping.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+__all__: List[str] = [
+    "CheckpointConfig", "ClipConfig", "ConfigError", "DataConfig", "DeepSpeedConfig", "ExperimentConfig",
+    "ModelConfig", "OptimConfig", "ScalingConfig", "TrackingConfig", "apply_overrides", "config_to_dict",
+    "flatten", "load_config", "parse_config",
+]
