@@ -58,8 +58,9 @@ class ClipConfig(_Section):
     sampling_rate: int = Field(8, ge=1)
     target_fps: float = Field(30.0, gt=0)
     train_short_side: Tuple[int, int] = (256, 320)
-    crop: int = Field(224, ge=16)
+    crop: int = Field(224, ge=16, description="training crop")
     eval_short_side: int = Field(256, ge=16)
+    eval_crop: int = Field(256, ge=16, description="validation / test crop (PySlowFast tests 3 x 256 crops)")
     test_clips: int = Field(10, ge=1)
     test_crops: Literal[1, 3] = 3
 
@@ -68,17 +69,20 @@ class ClipConfig(_Section):
         low, high = self.train_short_side
         if not 0 < low <= high:
             raise ValueError(f"train_short_side must be [min, max] with 0 < min <= max, got {[low, high]}")
-        if low < self.crop or self.eval_short_side < self.crop:
-            raise ValueError(f"crop {self.crop} is larger than a short side ({[low, high]}, {self.eval_short_side})")
+        if low < self.crop:
+            raise ValueError(f"crop {self.crop} is larger than the smallest training short side {low}")
+        if self.eval_short_side < self.eval_crop:
+            raise ValueError(f"eval_crop {self.eval_crop} is larger than eval_short_side {self.eval_short_side}")
         return self
 
 
 class DataConfig(_Section):
-    manifest: str = Field(..., description="URL of a Kinetics CSV, a 'path label' list or a class-folder tree")
-    root: Optional[str] = None
-    train_split: str = "train"
-    val_split: str = "val"
-    test_split: str = "test"
+    """One manifest per split: a Kinetics CSV, a 'path label' list or a class-folder tree (URLs)."""
+
+    train_manifest: str
+    val_manifest: str
+    test_manifest: Optional[str] = Field(None, description="None: the validation manifest (Kinetics test labels are not public)")
+    root: Optional[str] = Field(None, description="where videos lie; None: next to each manifest")
     storage_options: Dict[str, Any] = Field(default_factory=dict)
     clip: ClipConfig = ClipConfig()
     workers: int = Field(4, ge=0, description="DataLoader worker processes per training worker")

@@ -6,7 +6,7 @@ from octvideo.train.config import ConfigError, flatten, load_config, config_to_d
 
 MINIMAL = """
 model: {name: oct_i3d_r18, alpha: 0.5, width: 16}
-data: {manifest: memory://kinetics/train.csv}
+data: {train_manifest: memory://k/train.csv, val_manifest: memory://k/val.csv}
 """
 
 
@@ -58,3 +58,14 @@ def test_unreadable_files(tmp_path):
         load_config(write(tmp_path, "model: [unclosed\n"))
     with pytest.raises(ConfigError, match="must hold a mapping"):
         load_config(write(tmp_path, "- a\n- b\n"))
+
+
+def test_shipped_configs_validate():
+    from pathlib import Path
+
+    configs = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
+    assert {p.name for p in configs} >= {
+        "demo.yaml", "i3d_r50_k400.yaml", "oct_i3d_r50_k400.yaml", "slowfast_r50_k400.yaml", "oct_slowfast_r50_k400.yaml"
+    }
+    for path in configs:
+        load_config(str(path))
