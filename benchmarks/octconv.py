@@ -16,8 +16,6 @@ peak allocated memory above the model's own parameters and gradients.
 from __future__ import annotations
 
 import argparse
-import platform
-import re
 import statistics
 import time
 from pathlib import Path
@@ -25,6 +23,7 @@ from typing import Dict, List
 
 import torch
 
+from _report import machine_name, write_section
 from octvideo.models import build_model
 from octvideo.profile import profile_model
 
@@ -68,20 +67,6 @@ def step(model: torch.nn.Module, x: torch.Tensor, device: str) -> float:
     elapsed = time.perf_counter() - start
     model.zero_grad(set_to_none=True)
     return elapsed
-
-
-def machine_name(device: str) -> str:
-    if device == "cuda":
-        return torch.cuda.get_device_name()
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {torch.get_num_threads()} threads"
 
 
 LAYOUTS = {"channels-last": torch.channels_last_3d, "contiguous": torch.contiguous_format}
@@ -130,15 +115,6 @@ def table(rows: List[dict], args: argparse.Namespace) -> str:
             f"{r['memory_ratio']:.3f} |"
         )
     return "\n".join(lines)
-
-
-def write_section(path: Path, title: str, body: str) -> None:
-    """Replace (or append) the section headed ``title`` in ``path``."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    section = f"## {title}\n\n{body.strip()}\n"
-    pattern = re.compile(rf"^## {re.escape(title)}\n.*?(?=^## |\Z)", re.S | re.M)
-    text = pattern.sub(section + "\n", text) if pattern.search(text) else text.rstrip() + "\n\n" + section
-    path.write_text(text.rstrip() + "\n")
 
 
 def main() -> None:

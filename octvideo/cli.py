@@ -1,11 +1,32 @@
-"""The ``octvideo`` command: ``octvideo profile ...`` (more subcommands join as they land)."""
+"""The ``octvideo`` command: ``octvideo profile ...``, ``octvideo data synth|check|stats|prepare ...``
+(more subcommands join as they land).
+
+Exit status: 0 on success; 1 when ``data check`` finds a bad video or ``data prepare`` fails on one;
+2 for a usage error (one line on stderr).
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
-from typing import Optional, Sequence
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Optional, Sequence, TypeVar
+
+if TYPE_CHECKING:
+    from octvideo.data.prepare import PrepareSettings
+
+T = TypeVar("T")
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line (``octvideo data check: error: ...``) and exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _int_tuple(text: str) -> tuple:
@@ -40,11 +61,261 @@ def _run_profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def storage_option(text: str) -> dict[str, Any]:
+    """``key=value`` -> ``{key: value}``: the value is JSON when it parses (numbers, booleans,
+    objects), else a string; dots in the key nest (``client_kwargs.endpoint_url=http://...``)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE such as anon=true, got {text!r}")
+    try:
+        value: Any = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    for part in reversed(key.split(".")):
+        value = {part: value}
+    return value
+
+
+def storage_options(pairs: Iterable[dict[str, Any]] | None) -> dict[str, Any]:
+    """Merge parsed ``--storage-option`` values (later ones win, nested keys merged)."""
+    merged: dict[str, Any] = {}
+    for pair in pairs or ():
+        target, (key, value) = merged, next(iter(pair.items()))
+        while isinstance(value, dict) and len(value) == 1 and isinstance(target.get(key), dict):
+            target, (key, value) = target[key], next(iter(value.items()))
+        target[key] = value
+    return merged
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
+def _add_storage_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--storage-option", dest="storage_options", action="append", type=storage_option,
+        metavar="KEY=VALUE",
+        help="fsspec storage option, repeatable (JSON values; dots nest: client_kwargs.endpoint_url="
+        "http://...); credentials otherwise come from the environment (AWS_* for s3://)",
+    )
+
+
+def _add_manifest(p: argparse.ArgumentParser) -> None:
+    p.add_argument("manifest", metavar="MANIFEST", help="Kinetics CSV, 'path label' list or class-folder tree")
+    p.add_argument("--root", help="the folder the manifest's paths start from (default: its folder)")
+    p.add_argument("--split", help="keep one split (train, val, test) of a Kinetics CSV or tree")
+    p.add_argument("--workers", type=_positive_int, default=None, help="threads (default: cores + 4, at most 32)")
+    _add_storage_options(p)
+
+
+def _add_data(sub: argparse._SubParsersAction) -> None:
+    data = sub.add_parser("data", help="make, check, summarize and re-encode video datasets")
+    commands = data.add_subparsers(dest="data_command", required=True, metavar="{synth,check,stats,prepare}")
+
+    p = commands.add_parser("synth", help="write a synthetic Kinetics (classes told apart by motion only)")
+    p.add_argument("out_url", metavar="OUT_URL", help="an empty or new folder (any fsspec URL)")
+    p.add_argument("--classes", type=_positive_int, default=4)
+    p.add_argument("--videos-per-class", type=_positive_int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--duration", type=float, default=4.0, help="seconds per video")
+    p.add_argument("--fps", type=int, default=30)
+    p.add_argument("--width", type=int, default=128)
+    p.add_argument("--height", type=int, default=96)
+    p.add_argument("--gop", type=int, default=60, help="keyframe interval in frames")
+    p.add_argument("--val-fraction", type=float, default=0.15)
+    p.add_argument("--test-fraction", type=float, default=0.15)
+    p.add_argument("--workers", type=_positive_int, default=1, help="encoding processes")
+    _add_storage_options(p)
+    p.set_defaults(run=_run_synth)
+
+    p = commands.add_parser(
+        "check", help="open and decode every video of a manifest; list the unreadable ones",
+        description="The quick check (default) reads the header and decodes the first two and the last "
+        "two frames: it finds missing, empty, non-video, audio-only and truncated files and unknown "
+        "codecs. --full decodes every frame and also finds corrupt data in the middle of a file. "
+        "Exit status 1 when any video is bad.",
+    )
+    _add_manifest(p)
+    p.add_argument("--full", action="store_true", help="decode every frame (slower; finds corrupt packets)")
+    p.add_argument("--report", metavar="OUT", help="write the bad videos to OUT (.json or .csv, any fsspec URL)")
+    p.set_defaults(run=_run_check)
+
+    p = commands.add_parser("stats", help="duration, resolution, frame rate and codec summaries of the videos")
+    _add_manifest(p)
+    p.set_defaults(run=_run_stats)
+
+    p = commands.add_parser(
+        "prepare", help="re-encode videos to a short side and keyframe interval (H.264, no audio), resumably",
+        description="Broken inputs are listed (and reported with --report); the others are done. Exit "
+        "status 0 unless --strict and a video failed: raw downloads always hold some broken files.",
+    )
+    add_prepare_arguments(p)
+    p.add_argument("--workers", type=_positive_int, default=None, help="videos encoded at once (default: cores)")
+    p.set_defaults(run=_run_prepare)
+
+
+def add_prepare_arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments of ``data prepare`` but ``--workers``, shared with ``pipelines/prepare_kinetics.py``."""
+    p.add_argument("src_url", metavar="SRC_URL", help="folder of raw videos, or a manifest (CSV or list)")
+    p.add_argument("dst_url", metavar="DST_URL", help="output folder (mirrors SRC_URL's tree)")
+    p.add_argument("--root", help="with a manifest SRC_URL: the folder its paths start from")
+    p.add_argument("--short-side", type=int, default=320, help="pixels, even (default 320)")
+    keyframes = p.add_mutually_exclusive_group()
+    keyframes.add_argument("--gop", type=int, default=None, help="keyframe every GOP frames (default 30; 1: all-intra)")
+    keyframes.add_argument("--keyframe-interval-sec", type=float, default=None, help="keyframe every this many seconds")
+    p.add_argument("--crf", type=int, default=23, help="x264 quality, 0..51, lower is better (default 23)")
+    p.add_argument("--preset", default="veryfast", help="x264 preset (default veryfast)")
+    p.add_argument("--report", metavar="OUT", help="write the failures to OUT (.json or .csv, any fsspec URL)")
+    p.add_argument("--strict", action="store_true", help="exit status 1 when any video failed")
+    _add_storage_options(p)
+    p.add_argument(
+        "--dst-storage-option", dest="dst_storage_options", action="append", type=storage_option,
+        metavar="KEY=VALUE", help="storage option for DST_URL on another store (default: --storage-option's)",
+    )
+
+
+def prepare_settings(args: argparse.Namespace) -> PrepareSettings:
+    """The PrepareSettings named by parsed :func:`add_prepare_arguments` arguments."""
+    from octvideo.data.prepare import PrepareSettings
+
+    gop = args.gop if args.gop is not None or args.keyframe_interval_sec is not None else 30
+    return PrepareSettings(args.short_side, gop, args.keyframe_interval_sec, args.crf, args.preset)
+
+
+def prepare_storage_options(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """(source, destination) storage options of parsed :func:`add_prepare_arguments` arguments."""
+    dst = storage_options(args.dst_storage_options) if args.dst_storage_options else None
+    return storage_options(args.storage_options), dst
+
+
+def _progress(items: Iterable[T], total: int, description: str) -> Iterator[T]:
+    """A progress bar on stderr while ``items`` are consumed (none when stderr is not a terminal)."""
+    from rich.console import Console
+    from rich.progress import track
+
+    console = Console(stderr=True)
+    yield from track(
+        items, description, total=total, console=console, disable=not console.is_terminal, transient=True
+    )
+
+
+def _counts(counter: Counter) -> str:
+    """``3 truncated, 1 empty``: most frequent first, ties by name."""
+    return ", ".join(f"{n} {key}" for key, n in sorted(counter.items(), key=lambda item: (-item[1], item[0])))
+
+
+def _run_synth(args: argparse.Namespace) -> int:
+    from octvideo.data.synthetic import write_synthetic_kinetics
+
+    counts = write_synthetic_kinetics(
+        args.out_url, args.classes, args.videos_per_class, args.seed,
+        duration=args.duration, fps=args.fps, width=args.width, height=args.height, gop=args.gop,
+        val_fraction=args.val_fraction, test_fraction=args.test_fraction, workers=args.workers,
+        storage_options=storage_options(args.storage_options),
+    )
+    splits = ", ".join(f"{n} {split}" for split, n in counts.items())
+    print(f"wrote {sum(counts.values())} videos to {args.out_url}: {splits}")
+    return 0
+
+
+def _video_urls(args: argparse.Namespace) -> list[str]:
+    from octvideo.data.manifest import load_manifest
+
+    manifest = load_manifest(args.manifest, args.root, args.split, storage_options(args.storage_options))
+    return [entry.url for entry in manifest]
+
+
+def _run_check(args: argparse.Namespace) -> int:
+    from octvideo.data.inspect import CHECK_COLUMNS, check_failures, check_videos, report_format, write_report
+
+    options = storage_options(args.storage_options)
+    if args.report:  # a bad report name fails before the scan, not after it
+        report_format(args.report)
+    urls = _video_urls(args)
+    results = list(_progress(check_videos(urls, options, full=args.full, workers=args.workers), len(urls), "checking"))
+    failures = check_failures(results)
+    reasons = Counter(row["reason"] for row in failures)
+    summary = f"{len(results)} checked ({'full' if args.full else 'quick'}), {len(failures)} bad"
+    if reasons:
+        summary += f": {_counts(reasons)}"
+    if args.report:
+        totals = {"checked": len(results), "bad": len(failures), "by_reason": dict(reasons), "full": args.full}
+        write_report(failures, CHECK_COLUMNS, args.report, options, summary=totals)
+        summary += f"; report: {args.report}"
+    else:
+        for row in failures:
+            print(f"{row['url']}: {row['reason']} ({row['detail']})")
+    print(summary)
+    return 1 if failures else 0
+
+
+def _run_stats(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from octvideo.data.inspect import probe_videos, summarize
+
+    urls = _video_urls(args)
+    probes = probe_videos(urls, storage_options(args.storage_options), workers=args.workers)
+    results = list(_progress(probes, len(urls), "probing"))
+    table = Table(title=f"{args.manifest}: {len(results)} videos")
+    for column in ("", "count", "min", "median", "max", "most common (videos)"):
+        table.add_column(column, justify="left" if column in ("", "most common (videos)") else "right")
+    for row in summarize(r.info for r in results if r.info is not None):
+        table.add_row(
+            row.name, str(row.count), *(_number(v) for v in (row.minimum, row.median, row.maximum)),
+            ", ".join(f"{_number(value)} ({n})" for value, n in row.most_common),
+        )
+    Console(width=max(Console().width, 110)).print(table)
+    failed = Counter(r.error.reason for r in results if r.error is not None)
+    if failed:
+        print(f"{sum(failed.values())} unreadable: {_counts(failed)}")
+    return 0
+
+
+def _number(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float) and not value.is_integer():
+        return f"{value:.2f}"
+    return str(int(value)) if isinstance(value, float) else str(value)
+
+
+def _run_prepare(args: argparse.Namespace) -> int:
+    from octvideo.data.inspect import report_format, write_report
+    from octvideo.data.prepare import PREPARE_COLUMNS, PrepareSummary, plan_prepare, run_prepare
+
+    settings = prepare_settings(args)
+    if args.report:
+        report_format(args.report)
+    options, dst_options = prepare_storage_options(args)
+    started = time.monotonic()
+    plan = plan_prepare(args.src_url, args.dst_url, settings, options, dst_options, root=args.root)
+    summary = PrepareSummary()
+    results = run_prepare(plan, options, dst_options, workers=args.workers)
+    for result in _progress(results, len(plan.tasks) + len(plan.finished), "preparing"):
+        summary.add(result)
+    rows = summary.failure_rows()
+    for row in rows:
+        print(f"{row['src']}: {row['reason']} ({row['detail']})")
+    if args.report:
+        write_report(rows, PREPARE_COLUMNS, args.report, dst_options or options, summary=summary.totals())
+    print(summary.line(time.monotonic() - started))
+    return 1 if summary.failed and args.strict else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="octvideo", description=__doc__)
+    parser = _Parser(prog="octvideo", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_profile(sub)
+    _add_data(sub)
     return parser
 
 
@@ -53,8 +324,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
     try:
         return args.run(args)
-    except ValueError as err:  # user errors: one clear line, no stack trace
-        print(f"octvideo {args.command}: error: {err}", file=sys.stderr)
+    except (ValueError, OSError) as err:  # user errors (values, paths, storage): one line, no stack trace
+        command = " ".join(filter(None, (args.command, getattr(args, "data_command", None))))
+        print(f"octvideo {command}: error: {err}", file=sys.stderr)
         return 2
 
 

@@ -20,3 +20,17 @@ def test_octconv_benchmark_runs_and_writes_its_section(tmp_path):
     # A second run replaces its own section rather than appending another.
     subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=True)
     assert out.read_text().count("## Oct-I3D-R50 forward + backward") == 1
+
+
+def test_decode_benchmark_runs_and_writes_its_section(tmp_path):
+    out = tmp_path / "BENCHMARKS.md"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "decode.py"), "--quick", "--gops", "250", "30",
+           "--data", str(tmp_path / "videos"), "--output", str(out)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    text = out.read_text()
+    assert text.count("## Training-clip decoding, CPU") == 1
+    contenders = ("octvideo", "octvideo, window strategy", "octvideo, S3 (moto)", "pytorchvideo",
+                  "floor (PyAV decode only)")
+    assert all(f"| {contender} |" in text for contender in contenders)
+    assert "against pytorchvideo on the raw files" in text and "local-disk throughput" in text

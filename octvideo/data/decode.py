@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, Any, Literal
 
 import av
 import av.error
@@ -43,9 +43,19 @@ logger = logging.getLogger(__name__)
 VideoSource = str | os.PathLike[str] | IO[bytes]
 
 DEFAULT_TIMEOUT_SEC = 60.0
-# Decoding forward through this much video is assumed cheaper than a seek, which restarts
-# decoding at a keyframe that can lie up to a GOP (often 2-5 s) before the target.
+# How read_clips chooses between decoding forward and seeking: "auto" weighs the two with the
+# container's index where it lists every frame (see _SeekPlanner), "window" always uses the
+# SEEK_GAP_SEC rule.
+Strategy = Literal["auto", "window"]
+STRATEGIES: tuple[Strategy, ...] = ("auto", "window")
+# Without an index, decoding forward through this much video is assumed cheaper than a seek,
+# which restarts decoding at a keyframe that can lie up to a GOP (often 2-5 s) before the target.
 SEEK_GAP_SEC = 1.0
+# The cost model of _SeekPlanner, in bytes of compressed video: decoding a frame costs about its
+# packet's bytes plus one byte per _PIXELS_PER_BYTE pixels (FFmpeg's H.264 decoder on one core at
+# 568x320: 0.1 ms + 0.08 ms per KiB), and a seek about _SEEK_FRAMES frames' fixed part.
+_PIXELS_PER_BYTE = 100
+_SEEK_FRAMES = 2
 # Slack for float round-off when comparing a wanted time with a frame timestamp, on top of
 # half a tick of the stream's time base (see _FrameCursor.slack).
 _TIME_EPS = 1e-6
@@ -178,15 +188,22 @@ class VideoReader:
         short_side: int | None = None,
         *,
         timeout_sec: float = DEFAULT_TIMEOUT_SEC,
+        strategy: Strategy = "auto",
     ) -> list[torch.Tensor]:
         """Decode one uint8 ``(num_frames, H, W, 3)`` RGB clip per start time, in the given order.
 
-        All wanted timestamps are visited in time order in one forward pass, seeking only across
-        gaps longer than :data:`SEEK_GAP_SEC`; decoding stops after the last wanted frame. Only
-        kept frames are converted to RGB, scaled by FFmpeg so that the short side is
-        ``short_side`` (aspect kept) when given. Overlapping clips share decoded frames.
+        All wanted timestamps are visited in time order; decoding stops after the last wanted
+        frame. Before each one the reader either decodes forward or seeks to the keyframe before
+        it: with ``strategy="auto"`` and an index of every frame (MP4 / MOV), whichever decodes
+        less (short keyframe intervals make it seek to each kept frame, long ones decode each
+        clip's window forward from the keyframe before it); otherwise (``"window"``, or other
+        containers) it seeks only across gaps longer than :data:`SEEK_GAP_SEC`. Only kept frames
+        are converted to RGB, scaled by FFmpeg so that the short side is ``short_side`` (aspect
+        kept) when given. Overlapping clips share decoded frames.
         """
-        _check_clip_args(start_secs, num_frames, sampling_rate, target_fps, short_side, timeout_sec)
+        _check_clip_args(
+            start_secs, num_frames, sampling_rate, target_fps, short_side, timeout_sec, strategy
+        )
         self._require_open()
         wanted = sorted(
             (start + i * sampling_rate / target_fps, clip, i)
@@ -194,7 +211,8 @@ class VideoReader:
             for i in range(num_frames)
         )
         with self._errors():
-            cursor = _FrameCursor(self, time.monotonic() + timeout_sec)
+            planner = _SeekPlanner.of(self.stream) if strategy == "auto" else None
+            cursor = _FrameCursor(self, time.monotonic() + timeout_sec, planner)
             # One scaler for the whole call, single-threaded: creating a threaded swscale context
             # per frame costs milliseconds, far more than converting a video frame.
             scaler = av.video.reformatter.VideoReformatter()
@@ -212,7 +230,11 @@ class VideoReader:
                     ).to_ndarray()
                     last_frame = frame
                 clips[clip][i] = rgb
-        logger.debug("%s: %d clip(s) from %d decoded frames", self.name, len(clips), cursor.decoded)
+        logger.debug(
+            "%s: %d clip(s) from %d decoded frames and %d seek(s); %s",
+            self.name, len(clips), cursor.decoded, cursor.seeks,
+            "seeks planned by the frame index" if planner else "seeks across long gaps only",
+        )
         return [torch.from_numpy(clip) for clip in clips]
 
     def _require_open(self) -> None:
@@ -277,12 +299,63 @@ class VideoReader:
             raise VideoDecodeError(self.name, *failure) from exc
 
 
+class _SeekPlanner:
+    """Tells, from the container's index of every frame, whether seeking to the keyframe before a
+    wanted time costs less than decoding forward to it.
+
+    Both ways end up decoding the frames from that keyframe to the wanted one, so a seek pays
+    when the frames between the one decoded last and that keyframe cost more to decode than a
+    seek (the cost model by :data:`_PIXELS_PER_BYTE`). So all-intra videos seek to each kept
+    frame, long keyframe intervals decode a clip's window forward, and short ones do either per
+    kept frame, depending on where it lies in its GOP. Index entries are in decoding order,
+    timed by decoding timestamp; a time is mapped to an entry by the offset of the first entry
+    from the stream's start, which is exact for constant frame rates. The estimate only steers
+    the choice: which frame is kept never depends on it.
+    """
+
+    def __init__(self, stream: av.video.stream.VideoStream) -> None:
+        self.entries = stream.index_entries
+        self.time_base = stream.time_base
+        self.first_tick = self.entries[0].timestamp
+        context = stream.codec_context
+        self.frame_bytes = context.width * context.height / _PIXELS_PER_BYTE
+        self.seek_bytes = _SEEK_FRAMES * self.frame_bytes
+
+    @classmethod
+    def of(cls, stream: av.video.stream.VideoStream) -> _SeekPlanner | None:
+        """A planner where the index lists every frame (MP4 / MOV read it with the header); None
+        where it lists keyframes only (Matroska cues) or nothing (MPEG-TS, raw streams)."""
+        if stream.start_time is None or not 0 < stream.frames <= len(stream.index_entries):
+            return None
+        return cls(stream)
+
+    def seek_pays(self, after: float | None, t: float) -> bool:
+        """Whether to seek for ``t`` rather than decode forward from the frame shown at
+        ``after`` (None: from the first frame, nothing decoded yet)."""
+        keyframe = self._entry_at(t, any_frame=False)
+        first = 0 if after is None else self._entry_at(after, any_frame=True) + 1
+        saved = 0.0
+        for entry in range(keyframe - 1, first - 1, -1):
+            saved += self.entries[entry].size + self.frame_bytes
+            if saved > self.seek_bytes:
+                return True
+        return False
+
+    def _entry_at(self, t: float, any_frame: bool) -> int:
+        """The entry of the frame (or keyframe) shown at ``t`` seconds from the first frame."""
+        tick = self.first_tick + round(t / self.time_base)
+        return max(0, self.entries.search_timestamp(tick, backward=True, any_frame=any_frame))
+
+
 class _FrameCursor:
     """Walks the decoded frames of a reader's stream in presentation order, answering
-    :meth:`frame_at` for non-decreasing times."""
+    :meth:`frame_at` for non-decreasing times. ``planner`` decides when to seek; without one,
+    gaps longer than :data:`SEEK_GAP_SEC` are sought across."""
 
-    def __init__(self, reader: VideoReader, deadline: float) -> None:
-        self.reader, self.deadline = reader, deadline
+    def __init__(
+        self, reader: VideoReader, deadline: float, planner: _SeekPlanner | None = None
+    ) -> None:
+        self.reader, self.deadline, self.planner = reader, deadline, planner
         stream = reader.stream
         self.start_pts = stream.start_time or 0
         self.time_base = stream.time_base
@@ -297,22 +370,34 @@ class _FrameCursor:
         self.frames: Iterator[av.VideoFrame] | None = None
         self.current = self.next = None
         self.current_time = self.next_time = None
-        self.decoded = 0
+        self.decoded = self.seeks = 0
 
     def frame_at(self, t: float) -> av.VideoFrame:
         """The last frame shown at or before ``t`` (the first frame if ``t`` precedes it)."""
         if self.frames is None:
-            if self.seekable and (t > SEEK_GAP_SEC or not self.reader._at_start):
+            if self.seekable and (not self.reader._at_start or self._seek_pays(None, t)):
                 self._seek(t)
             else:
                 self._restart(reopen=not self.reader._at_start)
-        elif self.seekable and self.next is not None and t - self.next_time > SEEK_GAP_SEC:
+        elif (
+            self.seekable
+            and self.next is not None
+            and self.next_time <= t + self.slack
+            and self._seek_pays(self.next_time, t)
+        ):
             self._seek(t)
         while self.next is not None and self.next_time <= t + self.slack:
             self._step()
         if self.next is None:
             self._check_complete(t)
         return self.current if self.current is not None else self.next
+
+    def _seek_pays(self, after: float | None, t: float) -> bool:
+        """Whether to seek for ``t`` rather than decode forward from the frame shown at
+        ``after`` (None: from the first frame)."""
+        if self.planner is not None:
+            return self.planner.seek_pays(after, t)
+        return t - (after or 0.0) > SEEK_GAP_SEC
 
     def _restart(self, reopen: bool) -> None:
         if reopen:
@@ -327,7 +412,9 @@ class _FrameCursor:
         indexes such as MPEG-TS) or on frames without timestamps, decode forward from the start
         instead and stop seeking."""
         reader = self.reader
-        target = self.start_pts + int(t / self.time_base)
+        self.seeks += 1
+        # To the frame shown at t, not the one before it when t is a hair below its timestamp.
+        target = self.start_pts + math.floor((t + self.slack) / self.time_base)
         try:
             reader._container.seek(target, backward=True, any_frame=False, stream=reader.stream)
         except av.error.FFmpegError as exc:
@@ -383,6 +470,7 @@ def decode_clips(
     threads: int = 0,
     timeout_sec: float = DEFAULT_TIMEOUT_SEC,
     retry: RetryPolicy = DEFAULT_RETRY,
+    strategy: Strategy = "auto",
 ) -> list[torch.Tensor]:
     """Decode one clip per start time from a single open of ``source`` (see
     :meth:`VideoReader.read_clips`). ``timeout_sec`` bounds each attempt's decoding; transient
@@ -392,7 +480,7 @@ def decode_clips(
         with VideoReader(source, storage_options, threads=threads, retry=NO_RETRY) as video:
             return video.read_clips(
                 start_secs, num_frames, sampling_rate, target_fps, short_side,
-                timeout_sec=timeout_sec,
+                timeout_sec=timeout_sec, strategy=strategy,
             )
 
     return retry_call(
@@ -412,11 +500,12 @@ def decode_clip(
     threads: int = 0,
     timeout_sec: float = DEFAULT_TIMEOUT_SEC,
     retry: RetryPolicy = DEFAULT_RETRY,
+    strategy: Strategy = "auto",
 ) -> torch.Tensor:
     """One uint8 ``(num_frames, H, W, 3)`` RGB clip starting at ``start_sec``; see decode_clips."""
     return decode_clips(
         source, [start_sec], num_frames, sampling_rate, target_fps, short_side, storage_options,
-        threads=threads, timeout_sec=timeout_sec, retry=retry,
+        threads=threads, timeout_sec=timeout_sec, retry=retry, strategy=strategy,
     )[0]
 
 
@@ -458,6 +547,7 @@ def _check_clip_args(
     target_fps: float,
     short_side: int | None,
     timeout_sec: float,
+    strategy: str,
 ) -> None:
     if not start_secs:
         raise ValueError("start_secs is empty: give at least one clip start time")
@@ -472,6 +562,8 @@ def _check_clip_args(
         raise ValueError(f"short_side must be a number of pixels >= 1 or None, got {short_side}")
     if timeout_sec <= 0:
         raise ValueError(f"timeout_sec must be > 0, got {timeout_sec}")
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}; got {strategy!r}")
 
 
 def _output_size(width: int, height: int, short_side: int | None) -> tuple[int, int]:

@@ -1,0 +1,450 @@
+"""Training-clip throughput: this data path against pytorchvideo, decord and a decode-only floor.
+
+A training clip here is 8 frames, one every 8th at 30 fps (64 frames of video), scaled to a
+short side of 256 and randomly cropped to 224 x 224. The videos are synthetic 10 s 568x320 H.264
+(octvideo.data.synthetic) in one layout per keyframe interval: 250 frames (x264's default, what
+downloaded files have), 30 (1 s, the prepared layout), 8 and 1 (all intra, for the adaptive
+seeking of octvideo.data.decode), with the bytes each layout costs per video. All contenders run
+in one run on the same videos, clip starts and crops:
+
+- octvideo: decode_clip(short_side=...) then the crop, to uint8 (C, T, H, W); on local files
+  (adaptive seeking, the default, and again with strategy="window", the choice made before it)
+  and from S3 (a moto server on 127.0.0.1 that this script starts, holding the same videos);
+- pytorchvideo: EncodedVideo (PyAV) get_clip of the 64 frames, every 8th kept, resized to the
+  short side (bilinear, as pytorchvideo's ShortSideScale) and cropped, float32 as it comes;
+- decord: VideoReader scaling to the short side, get_batch of the 8 frame indices, cropped;
+- floor: PyAV decoding every frame from the keyframe before the clip to its last kept frame,
+  nothing else -- what any decoder that visits the whole window pays.
+
+Each contender decodes with one thread, first in this process (one core; rounds interleaved
+between contenders, median round reported), then through a torch DataLoader with 2 worker
+processes. Clips decoded from the same file open it anew, as a training dataset does.
+
+    python benchmarks/decode.py                        # full run, writes BENCHMARKS.md
+    python benchmarks/decode.py --quick --no-write     # smoke run, tiny videos
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+from urllib.request import urlopen
+
+import av
+import fsspec
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from _report import machine_name, write_section
+from octvideo.data import decode_clip, write_synthetic_kinetics
+
+ROOT = Path(__file__).resolve().parents[1]
+FPS = 30
+FRAMES, SAMPLING = 8, 8
+WORKERS = 2
+RAW_GOP, PREPARED_GOP = 250, 30  # x264's default keyframe interval; 1 s keyframes
+
+
+@dataclass(frozen=True)
+class Clip:
+    """One training clip: where it starts and where its crop lies (fractions of the room left)."""
+
+    video: int
+    start_sec: float
+    crop_y: float
+    crop_x: float
+
+
+# --- contenders: (source, clip) -> a cropped clip ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class Setup:
+    short_side: int
+    crop: int
+
+
+def crop(frames: torch.Tensor, clip: Clip, size: int, height_dim: int) -> torch.Tensor:
+    """The ``size`` square of ``frames`` at the clip's crop position; dims height_dim, +1 are H, W."""
+    height, width = frames.shape[height_dim], frames.shape[height_dim + 1]
+    top = int(clip.crop_y * (height - size + 1))
+    left = int(clip.crop_x * (width - size + 1))
+    return frames.narrow(height_dim, top, size).narrow(height_dim + 1, left, size)
+
+
+def octvideo_clip(source: str, clip: Clip, setup: Setup, **kwargs: Any) -> torch.Tensor:
+    frames = decode_clip(
+        source, clip.start_sec, FRAMES, SAMPLING, FPS, short_side=setup.short_side, threads=1,
+        **kwargs,
+    )
+    return crop(frames, clip, setup.crop, 1).permute(3, 0, 1, 2).contiguous()  # C, T, H, W
+
+
+def pytorchvideo_clip(source: str, clip: Clip, setup: Setup) -> torch.Tensor:
+    from pytorchvideo.data.encoded_video import EncodedVideo
+
+    video = EncodedVideo.from_path(source, decode_audio=False, decoder="pyav")
+    # One decoding thread like every contender (FFmpeg would otherwise start several).
+    video._container.streams.video[0].codec_context.thread_count = 1
+    frames = video.get_clip(clip.start_sec, clip.start_sec + FRAMES * SAMPLING / FPS)["video"]
+    video.close()
+    frames = frames[:, ::SAMPLING]  # C, T, H, W float32 in [0, 255], as pytorchvideo gives it
+    height, width = frames.shape[-2:]
+    scale = setup.short_side / min(height, width)
+    size = (math.floor(height * scale), math.floor(width * scale))
+    frames = torch.nn.functional.interpolate(frames, size=size, mode="bilinear", align_corners=False)
+    return crop(frames, clip, setup.crop, 2).contiguous()
+
+
+def decord_clip(source: str, clip: Clip, setup: Setup, size: tuple[int, int]) -> torch.Tensor:
+    """``size`` (width, height): what the short side scales the video to; decord wants both."""
+    import decord
+
+    reader = decord.VideoReader(source, width=size[0], height=size[1], num_threads=1)
+    first = math.floor(clip.start_sec * FPS + 1e-6)
+    indices = [min(first + i * SAMPLING, len(reader) - 1) for i in range(FRAMES)]
+    frames = torch.from_numpy(reader.get_batch(indices).asnumpy())
+    return crop(frames, clip, setup.crop, 1).permute(3, 0, 1, 2).contiguous()
+
+
+def floor_clip(source: str, clip: Clip) -> int:
+    """Decode from the keyframe before the clip to its last kept frame; the frame count."""
+    with av.open(source) as container:
+        stream = container.streams.video[0]
+        stream.codec_context.thread_count = 1
+        start = stream.start_time or 0
+        first = start + int(clip.start_sec / stream.time_base)
+        last = start + int((clip.start_sec + (FRAMES - 1) * SAMPLING / FPS) / stream.time_base)
+        container.seek(first, backward=True, any_frame=False, stream=stream)
+        decoded = 0
+        for frame in container.decode(stream):
+            decoded += 1
+            if frame.pts >= last:
+                break
+    return decoded
+
+
+# --- running them --------------------------------------------------------------------------
+
+
+class ClipDataset(Dataset):
+    """The clips of one contender, one item each, for a DataLoader."""
+
+    def __init__(
+        self, fn: Callable[[str, Clip], Any], sources: Sequence[str], clips: Sequence[Clip]
+    ) -> None:
+        self.fn, self.sources, self.clips = fn, sources, clips
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def __getitem__(self, index: int) -> Any:
+        clip = self.clips[index]
+        return self.fn(self.sources[clip.video], clip)
+
+
+def one_thread_per_worker(_: int) -> None:
+    torch.set_num_threads(1)
+
+
+def time_in_process(dataset: ClipDataset) -> float:
+    started = time.perf_counter()
+    for index in range(len(dataset)):
+        dataset[index]
+    return time.perf_counter() - started
+
+
+def time_data_loader(dataset: ClipDataset) -> float:
+    """Seconds for the clips after the first WORKERS * 2, which include the workers' start."""
+    loader = DataLoader(
+        dataset, batch_size=None, num_workers=WORKERS, worker_init_fn=one_thread_per_worker
+    )
+    warm_up = WORKERS * 2
+    started = None
+    for index, _ in enumerate(loader):
+        if index == warm_up - 1:
+            started = time.perf_counter()
+    return time.perf_counter() - started
+
+
+# --- data ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Videos:
+    width: int
+    height: int
+    duration: float
+    count: int
+
+
+def synthetic_videos(cache: Path, gop: int, videos: Videos, workers: int) -> list[str]:
+    """``videos.count`` synthetic videos with keyframes every ``gop`` frames, made once per cache
+    by ``workers`` processes."""
+    folder = cache / f"{videos.width}x{videos.height}_{videos.duration:g}s_gop{gop}_{videos.count}"
+    if not folder.exists():
+        scratch = Path(tempfile.mkdtemp(dir=cache))
+        write_synthetic_kinetics(
+            str(scratch / "kinetics"), classes=2, videos_per_class=math.ceil(videos.count / 2),
+            duration=videos.duration, fps=FPS, width=videos.width, height=videos.height, gop=gop,
+            val_fraction=0, test_fraction=0, workers=workers,
+        )
+        scratch.rename(folder)
+    return [str(p) for p in sorted(folder.glob("kinetics/train/*/*.mp4"))[: videos.count]]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def s3_server(log: Path) -> Iterator[tuple[dict, int]]:
+    """A moto S3 server on 127.0.0.1 for the run; yields the storage_options that reach it and
+    the server's process id."""
+    port = free_port()
+    moto = Path(sys.executable).with_name("moto_server")
+    with open(log, "wb") as out:
+        server = subprocess.Popen([str(moto), "-H", "127.0.0.1", "-p", str(port)], stdout=out,
+                                  stderr=subprocess.STDOUT)
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(300):
+            try:
+                urlopen(endpoint, timeout=1).close()
+                break
+            except OSError:
+                if server.poll() is not None:
+                    raise RuntimeError(f"moto_server exited; see {log}") from None
+                time.sleep(0.1)
+        else:
+            raise RuntimeError(f"moto_server did not answer on {endpoint} within 30 s; see {log}")
+        options = {"key": "bench", "secret": "bench",
+                   "client_kwargs": {"endpoint_url": endpoint, "region_name": "us-east-1"}}
+        yield options, server.pid
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def cpu_sec(pid: int) -> float:
+    """CPU time a process has used (Linux /proc; 0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def upload(paths: Sequence[str], bucket: str, options: dict) -> list[str]:
+    """Copy ``paths`` into a new ``bucket``; their s3:// URLs."""
+    fs = fsspec.filesystem("s3", skip_instance_cache=True, **options)
+    fs.call_s3("create_bucket", Bucket=bucket)  # mkdir would add a us-east-1 location constraint
+    urls = []
+    for path in paths:
+        key = f"{bucket}/{Path(path).name}"
+        fs.put_file(path, key)
+        urls.append(f"s3://{key}")
+    return urls
+
+
+def draw_clips(count: int, videos: Videos, seed: int) -> list[Clip]:
+    rng = np.random.default_rng(seed)
+    latest = videos.duration - FRAMES * SAMPLING / FPS
+    return [
+        Clip(int(rng.integers(videos.count)), float(rng.uniform(0, latest)),
+             float(rng.random()), float(rng.random()))
+        for _ in range(count)
+    ]
+
+
+def contenders_for(
+    paths: list[str], urls: list[str], options: dict, setup: Setup, videos: Videos, with_decord: bool
+) -> dict[str, tuple[Callable[[str, Clip], Any], list[str]]]:
+    """Each contender's clip function and the sources it reads (``urls``: the same on S3)."""
+    contenders = {
+        "octvideo": (partial(octvideo_clip, setup=setup), paths),
+        "octvideo, window strategy": (partial(octvideo_clip, setup=setup, strategy="window"), paths),
+        "octvideo, S3 (moto)": (partial(octvideo_clip, setup=setup, storage_options=options), urls),
+        "pytorchvideo": (partial(pytorchvideo_clip, setup=setup), paths),
+        "floor (PyAV decode only)": (floor_clip, paths),
+    }
+    if with_decord:
+        scale = setup.short_side / min(videos.width, videos.height)
+        size = (round(videos.width * scale), round(videos.height * scale))
+        contenders["decord"] = (partial(decord_clip, setup=setup, size=size), paths)
+    return contenders
+
+
+# --- report --------------------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    gop: int
+    contender: str
+    one_core_sec: float  # per clip
+    workers_sec: float  # per clip, through the DataLoader
+    server_cpu_sec: float  # per clip: CPU the S3 server used during the DataLoader run
+
+
+def measure(
+    gop: int,
+    contenders: dict[str, tuple[Callable, list[str]]],
+    clips: list[Clip],
+    rounds: int,
+    server_pid: int,
+) -> list[Result]:
+    datasets = {name: ClipDataset(fn, sources, clips) for name, (fn, sources) in contenders.items()}
+    for dataset in datasets.values():
+        dataset[0]  # warm-up: imports, page cache, S3 connections
+    times: dict[str, list[float]] = {name: [] for name in datasets}
+    for _ in range(rounds):
+        for name, dataset in datasets.items():
+            times[name].append(time_in_process(dataset) / len(clips))
+    results = []
+    for name, dataset in datasets.items():
+        server_before = cpu_sec(server_pid)
+        workers = time_data_loader(dataset) / (len(clips) - WORKERS * 2)
+        server = (cpu_sec(server_pid) - server_before) / len(clips)
+        results.append(Result(gop, name, statistics.median(times[name]), workers, server))
+        print(f"  gop {gop:>3} {name:<26} 1 core {1 / results[-1].one_core_sec:6.1f} clips/s   "
+              f"{WORKERS} workers {1 / workers:6.1f} clips/s", flush=True)
+    return results
+
+
+def table(results: list[Result], sizes: dict[int, float]) -> str:
+    by = {(r.gop, r.contender): r for r in results}
+    lines = [
+        f"| keyframe every | MB / video | contender | 1 core: clips/s | ms / clip | vs pytorchvideo "
+        f"| vs floor | {WORKERS} workers: clips/s | vs pytorchvideo |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        reference = by[(r.gop, "pytorchvideo")]
+        floor = by[(r.gop, "floor (PyAV decode only)")]
+        lines.append(
+            f"| {r.gop} | {sizes[r.gop] / 1e6:.2f} | {r.contender} | {1 / r.one_core_sec:.1f} | "
+            f"{r.one_core_sec * 1e3:.1f} | {reference.one_core_sec / r.one_core_sec:.2f} | "
+            f"{floor.one_core_sec / r.one_core_sec:.2f} | {1 / r.workers_sec:.1f} | "
+            f"{reference.workers_sec / r.workers_sec:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def targets(results: list[Result], sizes: dict[int, float]) -> list[str]:
+    by = {(r.gop, r.contender): r for r in results}
+    gops = sorted(sizes, reverse=True)
+    notes = []
+    if (PREPARED_GOP, "octvideo") in by and (RAW_GOP, "pytorchvideo") in by:
+        ours, theirs = by[(PREPARED_GOP, "octvideo")], by[(RAW_GOP, "pytorchvideo")]
+        speed_up = theirs.one_core_sec / ours.one_core_sec
+        notes.append(
+            f"Prepared layout (keyframe every {PREPARED_GOP}) against pytorchvideo on the raw files "
+            f"(every {RAW_GOP}), one core: {1 / ours.one_core_sec:.1f} vs "
+            f"{1 / theirs.one_core_sec:.1f} clips/s = {speed_up:.2f}x (target at least 3x: "
+            f"{'reached' if speed_up >= 3 else 'NOT reached'})."
+        )
+    for gop in gops:
+        s3, local = by[(gop, "octvideo, S3 (moto)")], by[(gop, "octvideo")]
+        ratio = local.workers_sec / s3.workers_sec
+        notes.append(
+            f"S3 with {WORKERS} DataLoader workers, keyframe every {gop}: {ratio:.2f}x local-disk "
+            f"throughput (target at least 0.9x: {'reached' if ratio >= 0.9 else 'NOT reached'}); "
+            f"the moto server used {s3.server_cpu_sec * 1e3:.1f} ms of CPU per clip on the same "
+            f"cores."
+        )
+    for gop in gops:
+        auto, window = by[(gop, "octvideo")], by[(gop, "octvideo, window strategy")]
+        notes.append(
+            f"Adaptive seeking, keyframe every {gop}: {window.one_core_sec / auto.one_core_sec:.2f}x "
+            f"the window strategy's clips/s on one core, for {sizes[gop] / sizes[gops[0]]:.2f}x "
+            f"the bytes of keyframes every {gops[0]}."
+        )
+    return notes
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--videos", type=int, default=16, help="videos per layout")
+    parser.add_argument("--clips", type=int, default=64, help="clips per layout and contender")
+    parser.add_argument("--rounds", type=int, default=3, help="single-process rounds (median)")
+    parser.add_argument("--gops", type=int, nargs="+", default=[250, 30, 8, 1])
+    parser.add_argument("--data", type=Path, help="cache of the synthetic videos (made once); "
+                        "default: octvideo-benchmarks in the temporary directory",
+                        default=Path(tempfile.gettempdir()) / "octvideo-benchmarks")
+    parser.add_argument("--quick", action="store_true", help="tiny videos and few clips (smoke test)")
+    parser.add_argument("--output", type=Path, default=ROOT / "BENCHMARKS.md")
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args()
+    videos = Videos(568, 320, 10.0, args.videos)
+    setup = Setup(short_side=256, crop=224)
+    if args.quick:
+        videos = Videos(128, 72, 3.0, min(args.videos, 2))
+        setup = Setup(short_side=64, crop=56)
+        args.clips, args.rounds = min(args.clips, WORKERS * 2 + 2), 1
+    if args.clips <= WORKERS * 2:
+        parser.error(f"--clips must be more than {WORKERS * 2} (the DataLoader warm-up)")
+
+    machine = machine_name("cpu")
+    torch.set_num_threads(1)
+    try:
+        import decord
+        decord_note = f"decord {decord.__version__}"
+    except ImportError:
+        decord = None
+        decord_note = "decord not installed: skipped (`pip install decord`)"
+    setup_line = (
+        f"Machine: {machine}. Synthetic {videos.duration:g} s {videos.width}x{videos.height} "
+        f"{FPS} fps H.264 (x264 veryfast, crf 23, B-frames), {videos.count} videos per layout; "
+        f"{args.clips} clips of {FRAMES}x{SAMPLING} at {FPS} fps, short side {setup.short_side}, "
+        f"random crop {setup.crop}; one decoding thread per process; 1 core = this process, median "
+        f"of {args.rounds} interleaved rounds; {WORKERS} workers = torch DataLoader. S3 = a moto "
+        f"server on 127.0.0.1, on the same cores. torch "
+        f"{torch.__version__}, PyAV {av.__version__}, {decord_note}."
+    )
+    print(setup_line, flush=True)
+
+    args.data.mkdir(parents=True, exist_ok=True)
+    clips = draw_clips(args.clips, videos, seed=0)
+    results, sizes = [], {}
+    with tempfile.TemporaryDirectory() as scratch, s3_server(Path(scratch) / "moto.log") as (
+        options, server_pid
+    ):
+        for gop in args.gops:
+            print(f"keyframe every {gop}: videos in {args.data}", flush=True)
+            workers = 1 if args.quick else os.cpu_count() or 1
+            paths = synthetic_videos(args.data, gop, videos, workers)
+            sizes[gop] = statistics.mean(os.path.getsize(p) for p in paths)
+            urls = upload(paths, f"decode-bench-gop{gop}", options)
+            contenders = contenders_for(
+                paths, urls, options, setup, videos, with_decord=decord is not None
+            )
+            results += measure(gop, contenders, clips, args.rounds, server_pid)
+
+    body = [setup_line, table(results, sizes), *targets(results, sizes)]
+    print("\n\n".join(body[1:]))
+    if not args.no_write:
+        write_section(args.output, "Training-clip decoding, CPU", "\n\n".join(body)
+                      + "\n\nReproduce: `python benchmarks/decode.py`")
+
+
+if __name__ == "__main__":
+    main()
