@@ -194,15 +194,25 @@ def prepare_storage_options(args: argparse.Namespace) -> tuple[dict[str, Any], d
     return storage_options(args.storage_options), dst
 
 
+PROGRESS_LOG_SEC = 10.0
+
+
 def _progress(items: Iterable[T], total: int, description: str) -> Iterator[T]:
-    """A progress bar on stderr while ``items`` are consumed (none when stderr is not a terminal)."""
+    """A progress bar on stderr while ``items`` are consumed; when stderr is not a terminal
+    (a Ray job's log, CI), a log line every ``PROGRESS_LOG_SEC`` instead."""
     from rich.console import Console
     from rich.progress import track
 
     console = Console(stderr=True)
-    yield from track(
-        items, description, total=total, console=console, disable=not console.is_terminal, transient=True
-    )
+    if console.is_terminal:
+        yield from track(items, description, total=total, console=console, transient=True)
+        return
+    last = time.monotonic()
+    for done, item in enumerate(items, start=1):
+        yield item
+        if time.monotonic() - last >= PROGRESS_LOG_SEC:
+            last = time.monotonic()
+            logging.getLogger("octvideo").info("%s: %d/%d", description, done, total)
 
 
 def _counts(counter: Counter) -> str:
@@ -288,6 +298,11 @@ def _number(value: Any) -> str:
 
 
 def _run_prepare(args: argparse.Namespace) -> int:
+    return run_prepare_command(args, on_ray=False)
+
+
+def run_prepare_command(args: argparse.Namespace, on_ray: bool) -> int:
+    """``data prepare`` on this machine, or (``on_ray``) across a Ray cluster: plan, run, report."""
     from octvideo.data.inspect import report_format, write_report
     from octvideo.data.prepare import PREPARE_COLUMNS, PrepareSummary, plan_prepare, run_prepare
 
@@ -298,7 +313,7 @@ def _run_prepare(args: argparse.Namespace) -> int:
     started = time.monotonic()
     plan = plan_prepare(args.src_url, args.dst_url, settings, options, dst_options, root=args.root)
     summary = PrepareSummary()
-    results = run_prepare(plan, options, dst_options, workers=args.workers)
+    results = run_prepare(plan, options, dst_options, workers=getattr(args, "workers", None), on_ray=on_ray)
     for result in _progress(results, len(plan.tasks) + len(plan.finished), "preparing"):
         summary.add(result)
     rows = summary.failure_rows()

@@ -446,20 +446,48 @@ def run_prepare(
     dst_storage_options: Mapping[str, Any] | None = None,
     *,
     workers: int | None = None,
+    on_ray: bool = False,
 ) -> Iterator[PrepareResult]:
-    """Carry out a plan on this machine: ``skipped`` results for finished videos, then
-    :func:`prepare_video` in ``workers`` threads (default: one per core; the encoder runs
-    without the GIL), in completion order; the aux files are copied last."""
+    """Carry out a plan: ``skipped`` results for finished videos, then :func:`prepare_video` for
+    the others, in completion order; the aux files are copied last.
+
+    Locally the videos run in ``workers`` threads (default: one per core; the encoder runs without
+    the GIL). With ``on_ray`` they run as Ray tasks of one CPU each across the cluster that
+    ``ray.init()`` connects to (``RAY_ADDRESS``, as set by ``ray job submit``, or a new local Ray).
+    """
     started = time.monotonic()
     for task in plan.finished:
         yield PrepareResult(task.src, task.dst, "skipped")
-    yield from scan(
-        lambda task: prepare_video(task, plan.settings, storage_options, dst_storage_options),
-        plan.tasks,
-        workers or os.cpu_count() or 1,
-    )
+    if on_ray:
+        yield from _on_ray(plan, storage_options, dst_storage_options)
+    else:
+        yield from scan(
+            lambda task: prepare_video(task, plan.settings, storage_options, dst_storage_options),
+            plan.tasks,
+            workers or os.cpu_count() or 1,
+        )
     copy_aux_files(plan, storage_options, dst_storage_options)
     log.info("prepared %s in %.1f s", plan.dst_url, time.monotonic() - started)
+
+
+def _on_ray(
+    plan: PreparePlan, storage_options: Mapping[str, Any] | None, dst_storage_options: Mapping[str, Any] | None
+) -> Iterator[PrepareResult]:
+    """:func:`prepare_video` as Ray tasks, at most two per cluster CPU in flight."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init()
+    remote = ray.remote(num_cpus=1)(prepare_video)
+    shared = [ray.put(value) for value in (plan.settings, storage_options, dst_storage_options)]
+    max_in_flight = 2 * max(1, int(ray.cluster_resources().get("CPU", 1)))
+    log.info("%d video(s) to encode on %d CPU(s)", len(plan.tasks), max_in_flight // 2)
+    todo, in_flight = list(reversed(plan.tasks)), []
+    while todo or in_flight:
+        while todo and len(in_flight) < max_in_flight:
+            in_flight.append(remote.remote(todo.pop(), *shared))
+        done, in_flight = ray.wait(in_flight, num_returns=1)
+        yield ray.get(done[0])
 
 
 def _url(fs: fsspec.AbstractFileSystem, path: str) -> str:
