@@ -55,7 +55,7 @@ from octvideo.data import decode_clip, write_synthetic_kinetics
 ROOT = Path(__file__).resolve().parents[1]
 FPS = 30
 FRAMES, SAMPLING = 8, 8
-WORKERS = 2
+WORKERS = 2  # default DataLoader workers: one per core here
 RAW_GOP, PREPARED_GOP = 250, 30  # x264's default keyframe interval; 1 s keyframes
 
 
@@ -168,12 +168,12 @@ def time_in_process(dataset: ClipDataset) -> float:
     return time.perf_counter() - started
 
 
-def time_data_loader(dataset: ClipDataset) -> float:
-    """Seconds for the clips after the first WORKERS * 2, which include the workers' start."""
+def time_data_loader(dataset: ClipDataset, workers: int) -> float:
+    """Seconds for the clips after the first ``workers * 2``, which include the workers' start."""
     loader = DataLoader(
-        dataset, batch_size=None, num_workers=WORKERS, worker_init_fn=one_thread_per_worker
+        dataset, batch_size=None, num_workers=workers, worker_init_fn=one_thread_per_worker
     )
-    warm_up = WORKERS * 2
+    warm_up = workers * 2
     started = None
     for index, _ in enumerate(loader):
         if index == warm_up - 1:
@@ -309,6 +309,7 @@ def measure(
     clips: list[Clip],
     rounds: int,
     server_pid: int,
+    workers: int,
 ) -> list[Result]:
     datasets = {name: ClipDataset(fn, sources, clips) for name, (fn, sources) in contenders.items()}
     for dataset in datasets.values():
@@ -320,19 +321,19 @@ def measure(
     results = []
     for name, dataset in datasets.items():
         server_before = cpu_sec(server_pid)
-        workers = time_data_loader(dataset) / (len(clips) - WORKERS * 2)
+        per_clip = time_data_loader(dataset, workers) / (len(clips) - workers * 2)
         server = (cpu_sec(server_pid) - server_before) / len(clips)
-        results.append(Result(gop, name, statistics.median(times[name]), workers, server))
+        results.append(Result(gop, name, statistics.median(times[name]), per_clip, server))
         print(f"  gop {gop:>3} {name:<26} 1 core {1 / results[-1].one_core_sec:6.1f} clips/s   "
-              f"{WORKERS} workers {1 / workers:6.1f} clips/s", flush=True)
+              f"{workers} workers {1 / per_clip:6.1f} clips/s", flush=True)
     return results
 
 
-def table(results: list[Result], sizes: dict[int, float]) -> str:
+def table(results: list[Result], sizes: dict[int, float], workers: int) -> str:
     by = {(r.gop, r.contender): r for r in results}
     lines = [
         f"| keyframe every | MB / video | contender | 1 core: clips/s | ms / clip | vs pytorchvideo "
-        f"| vs floor | {WORKERS} workers: clips/s | vs pytorchvideo |",
+        f"| vs floor | {workers} workers: clips/s | vs pytorchvideo |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
@@ -347,7 +348,7 @@ def table(results: list[Result], sizes: dict[int, float]) -> str:
     return "\n".join(lines)
 
 
-def targets(results: list[Result], sizes: dict[int, float]) -> list[str]:
+def targets(results: list[Result], sizes: dict[int, float], workers: int) -> list[str]:
     by = {(r.gop, r.contender): r for r in results}
     gops = sorted(sizes, reverse=True)
     notes = []
@@ -364,7 +365,7 @@ def targets(results: list[Result], sizes: dict[int, float]) -> list[str]:
         s3, local = by[(gop, "octvideo, S3 (moto)")], by[(gop, "octvideo")]
         ratio = local.workers_sec / s3.workers_sec
         notes.append(
-            f"S3 with {WORKERS} DataLoader workers, keyframe every {gop}: {ratio:.2f}x local-disk "
+            f"S3 with {workers} DataLoader workers, keyframe every {gop}: {ratio:.2f}x local-disk "
             f"throughput (target at least 0.9x: {'reached' if ratio >= 0.9 else 'NOT reached'}); "
             f"the moto server used {s3.server_cpu_sec * 1e3:.1f} ms of CPU per clip on the same "
             f"cores."
@@ -390,6 +391,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, help="cache of the synthetic videos (made once); "
                         "default: octvideo-benchmarks in the temporary directory",
                         default=Path(tempfile.gettempdir()) / "octvideo-benchmarks")
+    parser.add_argument("--workers", type=int, default=WORKERS, help="DataLoader worker processes")
     parser.add_argument("--quick", action="store_true", help="tiny videos and few clips (smoke test)")
     parser.add_argument("--output", type=Path, default=ROOT / "BENCHMARKS.md")
     parser.add_argument("--no-write", action="store_true")
@@ -399,9 +401,9 @@ def main() -> None:
     if args.quick:
         videos = Videos(128, 72, 3.0, min(args.videos, 2))
         setup = Setup(short_side=64, crop=56)
-        args.clips, args.rounds = min(args.clips, WORKERS * 2 + 2), 1
-    if args.clips <= WORKERS * 2:
-        parser.error(f"--clips must be more than {WORKERS * 2} (the DataLoader warm-up)")
+        args.clips, args.rounds = min(args.clips, args.workers * 2 + 2), 1
+    if args.clips <= args.workers * 2:
+        parser.error(f"--clips must be more than {args.workers * 2} (the DataLoader warm-up)")
 
     machine = machine_name("cpu")
     torch.set_num_threads(1)
@@ -416,7 +418,7 @@ def main() -> None:
         f"{FPS} fps H.264 (x264 veryfast, crf 23, B-frames), {videos.count} videos per layout; "
         f"{args.clips} clips of {FRAMES}x{SAMPLING} at {FPS} fps, short side {setup.short_side}, "
         f"random crop {setup.crop}; one decoding thread per process; 1 core = this process, median "
-        f"of {args.rounds} interleaved rounds; {WORKERS} workers = torch DataLoader. S3 = a moto "
+        f"of {args.rounds} interleaved rounds; {args.workers} workers = torch DataLoader. S3 = a moto "
         f"server on 127.0.0.1, on the same cores. torch "
         f"{torch.__version__}, PyAV {av.__version__}, {decord_note}."
     )
@@ -437,13 +439,13 @@ def main() -> None:
             contenders = contenders_for(
                 paths, urls, options, setup, videos, with_decord=decord is not None
             )
-            results += measure(gop, contenders, clips, args.rounds, server_pid)
+            results += measure(gop, contenders, clips, args.rounds, server_pid, args.workers)
 
-    body = [setup_line, table(results, sizes), *targets(results, sizes)]
+    body = [setup_line, table(results, sizes, args.workers), *targets(results, sizes, args.workers)]
     print("\n\n".join(body[1:]))
     if not args.no_write:
         write_section(args.output, "Training-clip decoding, CPU", "\n\n".join(body)
-                      + "\n\nReproduce: `python benchmarks/decode.py`")
+                      + f"\n\nReproduce: `python benchmarks/decode.py --workers {args.workers}`")
 
 
 if __name__ == "__main__":
