@@ -1,8 +1,8 @@
-"""The ``octvideo`` command: ``octvideo profile ...``, ``octvideo data synth|check|stats|prepare ...``
-(more subcommands join as they land).
+"""The ``octvideo`` command: ``octvideo profile ...``, ``octvideo data synth|check|stats|prepare ...``,
+``octvideo predict ...`` (more subcommands join as they land).
 
-Exit status: 0 on success; 1 when ``data check`` finds a bad video or ``data prepare`` fails on one;
-2 for a usage error (one line on stderr).
+Exit status: 0 on success; 1 when ``data check`` finds a bad video, ``data prepare`` fails on one
+or ``predict`` cannot read one; 2 for a usage error (one line on stderr).
 """
 
 from __future__ import annotations
@@ -325,12 +325,53 @@ def run_prepare_command(args: argparse.Namespace, on_ray: bool) -> int:
     return 1 if summary.failed and args.strict else 0
 
 
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "predict", help="top-5 classes of videos with a registered model",
+        description="Each video is seen through CLIPS x CROPS views, whose softmax is averaged. A video "
+        "that cannot be read gets one error line on stderr (exit status 1); the others are still classified.",
+    )
+    p.add_argument("--model", required=True, help="registered model, e.g. models:/kinetics@champion")
+    p.add_argument("videos", nargs="+", metavar="VIDEO_URL")
+    p.add_argument(
+        "--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)"
+    )
+    p.add_argument("--clips", type=_positive_int, default=None, help="clips per video (default: the model's)")
+    p.add_argument("--crops", type=int, choices=(1, 3), default=None, help="crops per clip (default: the model's)")
+    p.add_argument("--top-k", type=_positive_int, default=5)
+    _add_storage_options(p)
+    p.set_defaults(run=_run_predict)
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    from octvideo.data import VideoDecodeError
+    from octvideo.predict import load_registered_model, predict_video
+
+    loaded = load_registered_model(args.model, args.tracking_uri)
+    options = storage_options(args.storage_options)
+    failed = 0
+    for url in args.videos:
+        try:
+            top = predict_video(
+                loaded, url, num_clips=args.clips, num_crops=args.crops, top_k=args.top_k, storage_options=options
+            )
+        except VideoDecodeError as err:
+            print(f"octvideo predict: error: {err}", file=sys.stderr)
+            failed += 1
+            continue
+        print(url)
+        for name, prob in top:
+            print(f"  {prob:.4f}  {name}")
+    return 1 if failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="octvideo", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_profile(sub)
     _add_data(sub)
+    _add_predict(sub)
     return parser
 
 

@@ -1,0 +1,142 @@
+"""The MLflow Model Registry: log a trained model, register it, and move the aliases.
+
+Every new version gets alias ``candidate``; ``champion`` moves to it when its test top-1 beats
+the current champion's (or there is none). The test top-1 is stored as the version's tag
+:data:`TOP1_TAG` (and as the metric ``test/top1`` of its run), so champions are compared
+without reading runs.
+
+The model is stored with the ``octvideo`` metadata that :mod:`octvideo.predict` needs:
+the model name and build arguments, the label map, and the evaluation clip settings. It is
+pickled (MLflow's default, ``torch.export``, fixes the input size to the example's), so loading
+it needs ``octvideo`` importable.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Mapping, Optional
+
+import torch
+from torch import nn
+
+from octvideo.train.config import ClipConfig
+
+log = logging.getLogger(__name__)
+
+CANDIDATE, CHAMPION = "candidate", "champion"
+TOP1_TAG = "octvideo.test_top1"
+#: Height and width of the input example stored with a model (a full-size clip is megabytes of JSON).
+EXAMPLE_SIZE = 32
+
+
+@dataclass(frozen=True)
+class Registration:
+    """What registering a model did."""
+
+    name: str
+    version: str
+    test_top1: float
+    aliases: List[str]
+    previous_champion: Optional[str] = None
+    previous_champion_top1: Optional[float] = None
+    model_uri: str = field(default="")
+
+    @property
+    def promoted(self) -> bool:
+        return CHAMPION in self.aliases
+
+
+def model_metadata(
+    model_name: str, build_kwargs: Mapping[str, Any], label_map: Mapping[str, int], clip: ClipConfig
+) -> Dict[str, Any]:
+    """The ``octvideo`` entry of the MLmodel metadata."""
+    return {
+        "model_name": model_name,
+        "build_kwargs": dict(build_kwargs),
+        "label_map": dict(label_map),
+        "clip": clip.model_dump(mode="json"),
+    }
+
+
+def _signature_and_example(model: nn.Module, clip: ClipConfig) -> tuple:
+    import numpy as np
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    if getattr(model, "speed_ratio", None) is not None:  # SlowFast takes [slow, fast]: no tensor signature
+        return None, None
+    example = model.example_input(frames=clip.num_frames, size=EXAMPLE_SIZE).numpy().astype(np.float32)
+    with torch.no_grad():
+        classes = model.eval()(torch.from_numpy(example)).shape[-1]
+    signature = ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, example.shape[1], clip.num_frames, -1, -1))]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, classes))]),
+    )
+    return signature, example
+
+
+def register_model(
+    model: nn.Module,
+    *,
+    tracking_uri: str,
+    registered_name: str,
+    run_id: str,
+    build_kwargs: Mapping[str, Any],
+    label_map: Mapping[str, int],
+    clip: ClipConfig,
+    test_top1: float,
+) -> Registration:
+    """Log ``model`` (built by ``build_model(model.model_name, **build_kwargs)``) to MLflow run
+    ``run_id``, register it as a new version of ``registered_name`` and set its aliases.
+
+    A champion without a recorded test top-1 is replaced. Call this after training: it sets
+    the process's MLflow tracking URI and, like :meth:`MLflowTracker.close`, ends the run."""
+    import mlflow
+    import mlflow.pytorch
+    from mlflow.tracking import MlflowClient
+
+    mlflow.set_tracking_uri(tracking_uri)
+    client = MlflowClient(tracking_uri)
+    signature, example = _signature_and_example(model, clip)
+    metadata = {"octvideo": model_metadata(model.model_name, build_kwargs, label_map, clip)}
+    with mlflow.start_run(run_id=run_id):
+        mlflow.log_metric("test/top1", test_top1)
+        info = mlflow.pytorch.log_model(
+            model.cpu().eval(), name="model", signature=signature, input_example=example,
+            registered_model_name=registered_name, metadata=metadata, serialization_format="pickle",
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+        )
+    version = str(info.registered_model_version)
+    client.set_model_version_tag(registered_name, version, TOP1_TAG, repr(float(test_top1)))
+    client.set_registered_model_alias(registered_name, CANDIDATE, version)
+    previous, previous_top1 = _champion(client, registered_name)
+    aliases = [CANDIDATE]
+    if previous is None or previous_top1 is None or test_top1 > previous_top1:
+        client.set_registered_model_alias(registered_name, CHAMPION, version)
+        aliases.append(CHAMPION)
+        log.info("%s version %s (test top-1 %.4f) is the new champion", registered_name, version, test_top1)
+    else:
+        log.info(
+            "%s version %s (test top-1 %.4f) stays candidate: champion %s has %.4f",
+            registered_name, version, test_top1, previous, previous_top1,
+        )
+    return Registration(
+        registered_name, version, float(test_top1), aliases, previous, previous_top1,
+        f"models:/{registered_name}/{version}",
+    )
+
+
+def _champion(client: Any, name: str) -> tuple[Optional[str], Optional[float]]:
+    """The champion's version and test top-1 (None when it has no recorded top-1)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        version = client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        return None, None
+    top1 = version.tags.get(TOP1_TAG)
+    return str(version.version), None if top1 is None else float(top1)
+
+
+__all__ = ["CANDIDATE", "CHAMPION", "Registration", "TOP1_TAG", "model_metadata", "register_model"]

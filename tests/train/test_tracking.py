@@ -1,0 +1,216 @@
+"""MLflow tracking and the Model Registry against real stores: SQLite files and an ``mlflow server``
+process that is killed and restarted mid-run."""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.request import urlopen
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from octvideo.models import build_model
+from octvideo.train.config import ClipConfig, parse_config
+from octvideo.train.plots import confusion_matrix, plot_confusion_matrix, plot_per_class_accuracy, plot_training_curves
+from octvideo.train.registry import CANDIDATE, CHAMPION, register_model
+from octvideo.train.tracking import (
+    MLflowTracker,
+    NullTracker,
+    TrackingUnavailable,
+    check_tracking_available,
+    resolve_tracking_uri,
+    start_tracker,
+)
+
+FAKE_SECRET = "fake-Secret-7f3a9c"
+FAKE_ENV_SECRET = "fake-env-credential-51b2"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def config(tmp_path: Path, uri: str, **storage_options):
+    return parse_config({
+        "model": {"name": "oct_i3d_r18", "width": 8},
+        "data": {
+            "train_manifest": "s3://k/train.csv", "val_manifest": "s3://k/val.csv", "storage_options": storage_options,
+        },
+        "tracking": {"tracking_uri": uri, "experiment": "exp"},
+        "checkpoint": {"name": "run-a", "storage_path": str(tmp_path / "runs")},
+    })
+
+
+@pytest.fixture
+def sqlite_uri(tmp_path, monkeypatch) -> str:
+    monkeypatch.chdir(tmp_path)  # artifacts of a SQLite store go to ./mlruns
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+def test_tracking_uri_from_config_then_environment_then_cwd(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://tracking:5000")
+    assert resolve_tracking_uri("sqlite:///x.db") == "sqlite:///x.db"
+    assert resolve_tracking_uri(None) == "http://tracking:5000"
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    assert resolve_tracking_uri(None) == f"sqlite:///{tmp_path}/mlflow.db"
+
+
+def test_unreachable_server_refuses_to_start(tmp_path):
+    uri = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(TrackingUnavailable, match=r"127\.0\.0\.1.*start the tracking server"):
+        check_tracking_available(uri, timeout_sec=2)
+    with pytest.raises(TrackingUnavailable):
+        start_tracker(config(tmp_path, uri), rank=0)
+    assert isinstance(start_tracker(config(tmp_path, uri), rank=1), NullTracker)  # other ranks never connect
+
+
+def test_run_resumed_by_name_logs_everything_but_secrets(tmp_path, sqlite_uri, monkeypatch):
+    monkeypatch.setenv("MY_SERVICE_TOKEN", FAKE_ENV_SECRET)
+    cfg = config(
+        tmp_path, sqlite_uri, key=FAKE_SECRET, secret=FAKE_SECRET, session_token=FAKE_SECRET,
+        password=FAKE_SECRET, profile=FAKE_ENV_SECRET, anon=False,
+        client_kwargs={"endpoint_url": f"http://user:{FAKE_SECRET}@s3.local:9000", "region_name": "eu-west-1"},
+    )
+    tracker = start_tracker(cfg, rank=0)
+    tracker.log_config(cfg)
+    tracker.log_model_size(macs=123456, params=789)
+    tracker.log_label_map({"a": 0, "b": 1})
+    for step in range(3):
+        tracker.log_metrics({"loss": 1.0 / (step + 1), "lr": 0.1}, step)
+    tracker.log_epoch_metrics({"top1": 0.5}, epoch=0)
+    figure = plot_training_curves({"loss": ([0, 1, 2], [1.0, 0.5, 0.33]), "lr": ([0, 1, 2], [0.1] * 3)})
+    tracker.log_figure(figure, "plots/curves.png")
+    matrix = confusion_matrix([0, 1, 1], [0, 1, 0], 2)
+    tracker.log_figure(plot_confusion_matrix(matrix, ["a", "b"]), "plots/confusion.png")
+    tracker.close()
+
+    again = start_tracker(cfg, rank=0)  # the restart path: same name, same run
+    assert isinstance(again, MLflowTracker) and again.resumed and again.run_id == tracker.run_id
+    again.log_config(cfg)  # logging the same config again is fine
+    on_worker = pickle.loads(pickle.dumps(again))  # as Ray Train ships it in train_loop_config
+    on_worker.log_metrics({"loss": 0.2}, 3)
+    on_worker.close()
+    other = MLflowTracker(sqlite_uri, "exp", "run-b")
+    assert not other.resumed and other.run_id != tracker.run_id
+
+    client = MlflowClient(sqlite_uri)
+    run = client.get_run(tracker.run_id)
+    params = run.data.params
+    assert params["model.name"] == "oct_i3d_r18" and params["data.storage_options.anon"] == "False"
+    assert params["data.storage_options.client_kwargs.region_name"] == "eu-west-1"
+    assert params["data.storage_options.client_kwargs.endpoint_url"] == "http://s3.local:9000"
+    assert not any(k.endswith((".key", ".secret", ".password", ".session_token", ".profile")) for k in params)
+    assert run.data.metrics["model.macs"] == 123456 and run.data.metrics["model.params"] == 789
+    assert [m.step for m in client.get_metric_history(tracker.run_id, "loss")] == [0, 1, 2, 3]
+    assert client.get_metric_history(tracker.run_id, "epoch/top1")[0].value == 0.5
+    assert run.info.status == "FINISHED"
+
+    artifacts = Path(client.download_artifacts(tracker.run_id, "", str(tmp_path / "download")))
+    files = {p.relative_to(artifacts).as_posix(): p.read_bytes() for p in artifacts.rglob("*") if p.is_file()}
+    assert {"config.yaml", "label_map.json", "plots/curves.png", "plots/confusion.png"} <= set(files)
+    assert files["plots/curves.png"].startswith(b"\x89PNG")
+    assert b"oct_i3d_r18" in files["config.yaml"]
+    everything = [*params.items(), *run.data.tags.items()]
+    text = "\n".join(f"{k}={v}" for k, v in everything).encode() + b"".join(files.values())
+    for secret in (FAKE_SECRET, FAKE_ENV_SECRET):
+        assert secret.encode() not in text
+
+
+def test_plots_from_plain_arrays():
+    matrix = confusion_matrix([0, 0, 1, 1, 2, 2], [0, 1, 1, 1, 2, 0], 3)
+    assert matrix.tolist() == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
+    for figure in (plot_confusion_matrix(matrix, ["a", "b", "c"]), plot_per_class_accuracy(matrix, ["a", "b", "c"])):
+        assert len(figure.axes) >= 1
+    with pytest.raises(ValueError, match="2 x values but 1 y values"):
+        plot_training_curves({"loss": ([0, 1], [1.0])})
+
+
+def _start_server(store: Path, port: int, cwd: Path) -> subprocess.Popen:
+    mlflow = Path(sys.executable).with_name("mlflow")
+    process = subprocess.Popen(
+        [str(mlflow), "server", "--backend-store-uri", f"sqlite:///{store}", "--host", "127.0.0.1",
+         "--port", str(port), "--workers", "1"],
+        cwd=cwd, stdout=open(cwd / "server.log", "ab"), stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            urlopen(f"http://127.0.0.1:{port}/health", timeout=1).close()
+            return process
+        except OSError:
+            if process.poll() is not None:
+                break
+            time.sleep(0.2)
+    _stop(process)
+    raise RuntimeError(f"mlflow server did not start; see {cwd / 'server.log'}")
+
+
+def _stop(process: subprocess.Popen) -> None:
+    os.killpg(process.pid, signal.SIGKILL)  # the server and its uvicorn worker, as a crash would
+    process.wait(timeout=10)
+
+
+def test_metrics_survive_a_server_outage(tmp_path, caplog):
+    store, port = tmp_path / "server.db", free_port()
+    uri = f"http://127.0.0.1:{port}"
+    MlflowClient(f"sqlite:///{store}").search_experiments()  # create the tables here: the server starts faster
+    server = _start_server(store, port, tmp_path)
+    try:
+        check_tracking_available(uri)
+        tracker = MLflowTracker(uri, "exp", "outage", request_timeout_sec=2)
+        for step in range(5):
+            tracker.log_metrics({"loss": 10.0 - step}, step)
+        _stop(server)
+        with caplog.at_level(logging.WARNING, logger="octvideo.train.tracking"):
+            for step in range(5, 10):
+                tracker.log_metrics({"loss": 10.0 - step}, step)  # must not raise
+            assert tracker.flush(timeout_sec=1) == 5  # bounded: gives up and reports what is left
+        assert "not answering" in caplog.text
+        server = _start_server(store, port, tmp_path)
+        for step in range(10, 15):
+            tracker.log_metrics({"loss": 10.0 - step}, step)
+        assert tracker.flush(timeout_sec=10) == 0
+        history = MlflowClient(uri).get_metric_history(tracker.run_id, "loss")
+        assert [m.step for m in history] == list(range(15))
+        assert [m.value for m in history] == [10.0 - s for s in range(15)]
+    finally:
+        _stop(server)
+
+
+def test_registry_aliases_follow_test_top1(sqlite_uri):
+    client = MlflowClient(sqlite_uri)
+    run_id = client.create_run(client.create_experiment("reg")).info.run_id
+    clip = ClipConfig(
+        num_frames=4, sampling_rate=2, train_short_side=(32, 40), crop=32, eval_short_side=32, eval_crop=32
+    )
+
+    def register(top1: float):
+        model = build_model("oct_i3d_r18", width=8, num_classes=4)
+        return register_model(
+            model, tracking_uri=sqlite_uri, registered_name="toy", run_id=run_id,
+            build_kwargs={"width": 8, "num_classes": 4}, label_map=dict(zip("abcd", range(4))), clip=clip,
+            test_top1=top1,
+        )
+
+    first = register(0.5)
+    assert first.version == "1" and first.aliases == [CANDIDATE, CHAMPION] and first.previous_champion is None
+    worse = register(0.3)
+    assert worse.aliases == [CANDIDATE] and (worse.previous_champion, worse.previous_champion_top1) == ("1", 0.5)
+    assert str(client.get_model_version_by_alias("toy", CHAMPION).version) == "1"
+    assert str(client.get_model_version_by_alias("toy", CANDIDATE).version) == "2"
+    better = register(0.7)
+    assert better.promoted and (better.previous_champion, better.previous_champion_top1) == ("1", 0.5)
+    assert str(client.get_model_version_by_alias("toy", CHAMPION).version) == "3"
+    assert np.isclose(client.get_run(run_id).data.metrics["test/top1"], 0.7)
