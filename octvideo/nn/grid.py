@@ -5,8 +5,10 @@ Sizes follow one rule: ``low = ceil(high / factor)``; low cell ``i`` covers high
 high cells that exist). Every octave layer pools and upsamples, so these run on the
 hot path: when the factor divides the size (the common case) they work through
 strided phases and broadcast views, several times faster on CPU than ``avg_pool``
-and ``interpolate`` (measured 6x for the pooling of a (2, 64, 8, 28, 28) tensor);
-odd sizes fall back to PyTorch's pooling with ceil rounding.
+and ``interpolate`` (measured 6x for the pooling of a (2, 64, 8, 28, 28) tensor).
+Odd sizes are zero-padded to a multiple of the factor and averaged over the cells
+that exist, which is ``avg_pool(ceil_mode=True)``'s result, for every dtype (PyTorch
+has no bfloat16 CPU kernel for ``avg_pool3d``).
 """
 
 from __future__ import annotations
@@ -45,14 +47,24 @@ def _blocked_shapes(low_shape: Sequence[int], factor: Factor) -> Tuple[List[int]
     return blocked, low_view
 
 
-def _window(shape: Sequence[int], factor: Factor) -> List[int]:
-    """Pooling window: the factor, shrunk where the input is smaller (a 1-wide map pools to itself)."""
-    return [min(size, f) for size, f in zip(shape, factor)]
+def _pad_to_multiple(x: torch.Tensor, factor: Factor) -> torch.Tensor:
+    """Zero-pad the end of each dimension up to a multiple of its factor."""
+    pad: List[int] = []
+    for size, f in reversed(list(zip(x.shape[2:], factor))):
+        pad += [0, (-size) % f]
+    return F.pad(x, pad) if any(pad) else x
 
 
-def _pool(x: torch.Tensor, factor: Factor, **kwargs) -> torch.Tensor:
-    pool = F.avg_pool3d if x.dim() == 5 else F.avg_pool2d
-    return pool(x, _window(x.shape[2:], factor), factor, ceil_mode=True, **kwargs)
+def _cell_counts(high: Sequence[int], factor: Factor, like: torch.Tensor) -> torch.Tensor:
+    """How many high cells each low cell covers, shaped to broadcast over ``(B, C, *low)``."""
+    counts = torch.ones((1, 1) + low_size(high, factor), dtype=like.dtype, device=like.device)
+    for dim, (size, f) in enumerate(zip(high, factor), start=2):
+        cells = torch.full((counts.shape[dim],), float(f), dtype=like.dtype, device=like.device)
+        cells[-1] = size - f * (counts.shape[dim] - 1)
+        shape = [1] * counts.dim()
+        shape[dim] = -1
+        counts = counts * cells.view(shape)
+    return counts
 
 
 def _phase_sum(x: torch.Tensor, factor: Factor) -> torch.Tensor:
@@ -70,9 +82,15 @@ def _phase_sum(x: torch.Tensor, factor: Factor) -> torch.Tensor:
 
 def block_sum(x: torch.Tensor, factor: Factor) -> torch.Tensor:
     """Sum over each ``factor`` block, partial blocks at odd edges included (nearest upsampling's adjoint)."""
+    return _phase_sum(_pad_to_multiple(x, factor), factor)
+
+
+def _average_down(x: torch.Tensor, factor: Factor) -> torch.Tensor:
+    """Average over each block; at odd edges over the cells that exist."""
+    total = block_sum(x, factor)
     if _divides(x.shape[2:], factor):
-        return _phase_sum(x, factor)
-    return _pool(x, factor, divisor_override=1)
+        return total.mul_(1.0 / math.prod(factor))
+    return total.div_(_cell_counts(x.shape[2:], factor, total))
 
 
 def add_down_adjoint_(target: torch.Tensor, grad_low: torch.Tensor, factor: Factor) -> torch.Tensor:
@@ -81,17 +99,24 @@ def add_down_adjoint_(target: torch.Tensor, grad_low: torch.Tensor, factor: Fact
         blocked, low_view = _blocked_shapes(grad_low.shape, factor)
         target.view(blocked).add_(grad_low.view(low_view), alpha=1.0 / math.prod(factor))
         return target
-    backward = torch.ops.aten.avg_pool3d_backward if target.dim() == 5 else torch.ops.aten.avg_pool2d_backward
-    window = _window(target.shape[2:], factor)
-    return target.add_(backward(grad_low, target, window, list(factor), [0] * len(factor), True, True, None))
+    return target.add_(down_adjoint(grad_low, target.shape, factor))
 
 
 def down_adjoint(grad_low: torch.Tensor, high_shape: Sequence[int], factor: Factor) -> torch.Tensor:
     """The gradient of average-down w.r.t. an input of ``high_shape`` (a new tensor in ``grad_low``'s layout)."""
-    out = torch.empty(
-        high_shape, dtype=grad_low.dtype, device=grad_low.device, memory_format=memory_format_of(grad_low)
-    )
-    return add_down_adjoint_(out.zero_(), grad_low, factor)
+    if _divides(high_shape[2:], factor):
+        return _spread(grad_low * (1.0 / math.prod(factor)), factor)
+    spread = _spread(grad_low / _cell_counts(high_shape[2:], factor, grad_low), factor)
+    return spread[(slice(None), slice(None)) + tuple(slice(0, size) for size in high_shape[2:])]
+
+
+def _spread(low: torch.Tensor, factor: Factor) -> torch.Tensor:
+    """Nearest upsampling by ``factor`` (one write through a broadcast view), in ``low``'s layout."""
+    blocked, low_view = _blocked_shapes(low.shape, factor)
+    shape = [s * f for s, f in zip(low.shape, (1, 1) + factor)]
+    out = torch.empty(shape, dtype=low.dtype, device=low.device, memory_format=memory_format_of(low))
+    out.view(blocked).copy_(low.view(low_view))
+    return out
 
 
 def _add_up_(target: torch.Tensor, low: torch.Tensor, factor: Factor) -> torch.Tensor:
@@ -100,17 +125,14 @@ def _add_up_(target: torch.Tensor, low: torch.Tensor, factor: Factor) -> torch.T
         blocked, low_view = _blocked_shapes(low.shape, factor)
         target.view(blocked).add_(low.view(low_view))  # broadcast: no upsampled copy
         return target
-    up = F.interpolate(low, scale_factor=tuple(float(f) for f in factor), mode="nearest")
-    return target.add_(up[(slice(None), slice(None)) + tuple(slice(0, s) for s in spatial)])
+    return target.add_(_spread(low, factor)[(slice(None), slice(None)) + tuple(slice(0, s) for s in spatial)])
 
 
 class _Down(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, factor):
         ctx.factor, ctx.high_shape = factor, x.shape
-        if _divides(x.shape[2:], factor):
-            return _phase_sum(x, factor).mul_(1.0 / math.prod(factor))
-        return _pool(x, factor)
+        return _average_down(x, factor)
 
     @staticmethod
     def backward(ctx, grad):

@@ -201,3 +201,18 @@ def test_gradients_are_exact(alpha_in, octave_pool, stride, size):
 
     params = tuple(conv.parameters())
     assert torch.autograd.gradcheck(lambda *a: flat(*a[: len(inputs)]), inputs + params)
+
+
+@pytest.mark.parametrize("size", [(2, 4, 8), ODD, (1, 1, 1)])
+def test_bfloat16_on_cpu_at_any_size(size):
+    """PyTorch has no bfloat16 CPU kernel for avg_pool3d; the octave grid needs none."""
+    conv = OctConv3d(8, 8, 3, 0.5, 0.5, padding=1, stride=(1, 2, 2))
+    x = octave_input(8, 0.5, size, batch=2)
+    expected = conv(x)
+    conv_bf16 = conv.to(torch.bfloat16)
+    x_bf16 = tuple(t.to(torch.bfloat16).requires_grad_() for t in x)
+    got = conv_bf16(x_bf16)
+    (got[0].float().sum() + got[1].float().sum()).backward()
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g.float(), e, rtol=0.05, atol=0.05)
+    assert all(t.grad is not None and torch.isfinite(t.grad).all() for t in x_bf16)
