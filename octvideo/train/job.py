@@ -17,7 +17,8 @@ from ray.train.torch import TorchTrainer
 
 from octvideo.train.checkpoint import export_fp32_weights
 from octvideo.train.config import ConfigError, ExperimentConfig, config_to_dict
-from octvideo.train.loop import DEFAULT_REPORT_EVERY, MetricsTracker, train_loop_per_worker
+from octvideo.train.loop import DEFAULT_REPORT_EVERY, train_loop_per_worker
+from octvideo.train.tracking import Tracker
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ def check_supported(config: ExperimentConfig) -> None:
 
 
 def build_trainer(
-    config: ExperimentConfig, tracker: MetricsTracker | None = None, report_every: int = DEFAULT_REPORT_EVERY
+    config: ExperimentConfig, tracker: Tracker | None = None, report_every: int = DEFAULT_REPORT_EVERY
 ) -> TorchTrainer:
     scaling = config.scaling
     resources = {"CPU": scaling.cpus_per_worker}
@@ -64,7 +65,7 @@ def build_trainer(
 
 
 def run_job(
-    config: ExperimentConfig, tracker: MetricsTracker | None = None, report_every: int = DEFAULT_REPORT_EVERY
+    config: ExperimentConfig, tracker: Tracker | None = None, report_every: int = DEFAULT_REPORT_EVERY
 ) -> JobResult:
     """Train (or resume) to the end and export the consolidated fp32 weights. Needs Ray to be
     initialised (``ray.init()``) or reachable; raises Ray Train's error if training fails."""

@@ -29,7 +29,7 @@ import functools
 import itertools
 import logging
 import time
-from typing import Any, Protocol
+from typing import Any
 
 import deepspeed
 import ray.train
@@ -45,21 +45,11 @@ from octvideo.train.checkpoint import TrainState, restore, save_and_report
 from octvideo.train.config import ExperimentConfig, ModelConfig, parse_config
 from octvideo.train.evaluate import evaluate
 from octvideo.train.optim import build_optimizer, build_scheduler
+from octvideo.train.tracking import NullTracker, Tracker
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_REPORT_EVERY = 10
-
-
-class MetricsTracker(Protocol):
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
-
-
-class NullTracker:
-    """Tracks nothing."""
-
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        pass
 
 
 def build_network(config: ModelConfig, num_classes: int) -> nn.Module:
@@ -162,7 +152,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """Ray Train's per-worker function. ``loop_config``: ``config`` (an ExperimentConfig as a
     dict), optional ``tracker`` and ``report_every`` (optimizer steps between reports)."""
     config = parse_config(loop_config["config"])
-    tracker: MetricsTracker = loop_config.get("tracker") or NullTracker()
+    tracker: Tracker = loop_config.get("tracker") or NullTracker()
     report_every = int(loop_config.get("report_every", DEFAULT_REPORT_EVERY))
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
