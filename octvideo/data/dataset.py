@@ -265,7 +265,8 @@ class ShardSampler(Sampler[tuple[int, int]]):
     The items, shuffled by ``(seed, epoch)`` or in order, are padded by wrapping around to a
     multiple of ``world_size`` (as DistributedSampler does) and cut into ``world_size``
     contiguous equal shards: disjoint but for the padding, and covering all items. Contiguous
-    shards keep the views of a test video on one rank. Call :meth:`set_epoch` before each epoch.
+    shards keep the views of a test video on one rank. Call :meth:`set_epoch` before each epoch;
+    its ``start`` resumes an epoch part-way without loading the items before it.
     """
 
     def __init__(
@@ -283,22 +284,29 @@ class ShardSampler(Sampler[tuple[int, int]]):
                 f"rank={rank}, world_size={world_size}"
             )
         self.num_items, self.rank, self.world_size = num_items, rank, world_size
-        self.shuffle, self.seed, self.epoch = shuffle, seed, 0
+        self.shuffle, self.seed, self.epoch, self.start = shuffle, seed, 0, 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Epoch ``epoch``'s shard, from its item ``start`` on (0: the whole shard)."""
+        if start < 0:
+            raise ValueError(f"start must be >= 0, got {start}")
+        self.epoch, self.start = epoch, start
+
+    @property
+    def shard_size(self) -> int:
+        return math.ceil(self.num_items / self.world_size)
 
     def __len__(self) -> int:
-        return math.ceil(self.num_items / self.world_size)
+        return max(0, self.shard_size - self.start)
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         if self.shuffle:
             order = torch.randperm(self.num_items, generator=_rng(self.seed, self.epoch))
         else:
             order = torch.arange(self.num_items)
-        size = len(self)
+        size = self.shard_size
         padded = order.repeat(math.ceil(size * self.world_size / self.num_items))
-        for index in padded[self.rank * size : (self.rank + 1) * size].tolist():
+        for index in padded[self.rank * size + self.start : (self.rank + 1) * size].tolist():
             yield self.epoch, index
 
 
@@ -415,8 +423,9 @@ class KineticsLoader:
         """URL -> reason of every bad video met so far, across epochs."""
         return self.tracker.bad_videos
 
-    def set_epoch(self, epoch: int) -> None:
-        self.sampler.set_epoch(epoch)
+    def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
+        """Start epoch ``epoch``, or resume it after its first ``skip_batches`` batches (never loaded)."""
+        self.sampler.set_epoch(epoch, start=skip_batches * self.dataloader.batch_size)
         self.dataset.set_epoch(epoch)
 
     def __len__(self) -> int:

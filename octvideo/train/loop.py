@@ -17,7 +17,7 @@ Reports (``ray.train.report``, every rank, the same number of times; rank 0's me
   ``val_video_top1/5``; after the last epoch also ``test_clip_top1/5`` and ``test_video_top1/5``.
 
 Resuming: the engine loads the checkpoint and training goes on from its epoch and batch; the
-batches already done in that epoch are read again (not trained on) to skip them.
+sampler starts the epoch after the batches already done, so they are not loaded again.
 
 Tracking: ``loop_config["tracker"]``, any picklable object with ``log_metrics(metrics, step)``,
 receives every report's metrics on rank 0 (default: :class:`NullTracker`).
@@ -132,7 +132,7 @@ class _Window:
         """Metrics over all ranks (a collective call)."""
         elapsed = time.perf_counter() - self.started
         totals = torch.tensor(
-            [self.loss_sum, self.micro_batches, self.clips, self.data_seconds, elapsed,
+            [float(self.loss_sum), self.micro_batches, self.clips, self.data_seconds, elapsed,
              len(loader.bad_videos), loader.tracker.num_tried],
             dtype=torch.float64,
         )
@@ -220,8 +220,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         logger.info("the run's checkpoint is at its last epoch (%d): nothing to train", state.epoch)
     while state.epoch < config.optim.epochs:
         engine.train()
-        train_loader.set_epoch(state.epoch)
-        batches = itertools.islice(iter(train_loader), state.batch_in_epoch, batches_per_epoch)
+        train_loader.set_epoch(state.epoch, skip_batches=state.batch_in_epoch)
+        batches = itertools.islice(iter(train_loader), batches_per_epoch - state.batch_in_epoch)
         window.reset()
         for index in range(state.batch_in_epoch, batches_per_epoch):
             waited = time.perf_counter()
@@ -231,7 +231,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             loss = F.cross_entropy(logits.float(), batch["label"].to(device))
             engine.backward(loss)
             engine.step()
-            window.loss_sum += float(loss)
+            window.loss_sum += loss.detach()  # a tensor: no device sync per step
             window.micro_batches += 1
             window.clips += len(batch["label"])
             if (index + 1) % accumulation or index + 1 == batches_per_epoch:

@@ -229,6 +229,14 @@ def test_shard_order_changes_with_the_epoch_and_not_without():
     assert [i for _, i in ShardSampler(50, shuffle=False)] == list(range(50))
 
 
+def test_an_epoch_resumes_part_way_without_the_items_before():
+    sampler = ShardSampler(50, rank=1, world_size=2, seed=3)
+    sampler.set_epoch(2)
+    whole = list(sampler)
+    sampler.set_epoch(2, start=10)
+    assert list(sampler) == whole[10:] and len(sampler) == len(whole) - 10
+
+
 def test_ranks_see_the_same_clips_as_a_single_process(manifest):
     dataset = KineticsDataset(manifest, "train", **SMALL)
     single = clips_by_video(KineticsLoader(dataset, 2), epoch=2)
