@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: test install benchmark clean
+.PHONY: test install benchmark demo clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +16,11 @@ test: install
 
 benchmark: install
 	$(BIN)/python benchmarks/octconv.py
+
+# The CPU demo on a local stack (cluster/local/demo.sh; it installs first). KEEP_STACK=1 keeps the
+# stack up; DEMO_CLASSES, DEMO_VIDEOS_PER_CLASS, ... size the dataset.
+demo:
+	cluster/local/demo.sh
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -74,7 +74,8 @@ class KineticsDataset(Dataset):
     * ``bad``: list of :class:`BadVideo` this item came across (see :func:`collate`).
 
     ``mode`` train: one item per video, random clip start, short side drawn in
-    ``short_side_range``, random ``crop_size`` crop and flip. val: one item per video, centre clip
+    ``short_side_range``, random ``crop_size`` crop and horizontal flip (``flip_prob``: 0 for
+    classes that a mirror turns into each other, such as left / right motions). val: one item per video, centre clip
     at ``eval_short_side``, centre crop. test: ``num_clips * num_crops`` items per video, item
     ``video * views + view``; a worker decodes all clips of a video in one pass on its first view
     and keeps them for the next views, so keep views of a video in one batch (a batch size that
@@ -99,6 +100,7 @@ class KineticsDataset(Dataset):
         short_side_range: tuple[int, int] = (256, 320),
         eval_short_side: int = 256,
         crop_size: int = 224,
+        flip_prob: float = 0.5,
         num_clips: int = 10,
         num_crops: int = 3,
         seed: int = 0,
@@ -129,7 +131,7 @@ class KineticsDataset(Dataset):
         self.clip_spec = ClipSpec(num_frames, sampling_rate, target_fps)
         if self.mode is Mode.TRAIN:
             self.transform: TrainTransform | EvalTransform = TrainTransform(
-                tuple(short_side_range), crop_size
+                tuple(short_side_range), crop_size, flip_prob
             )
         else:
             self.transform = EvalTransform(eval_short_side, crop_size)

@@ -1,6 +1,6 @@
 """A synthetic Kinetics: the official layout and CSVs, with classes that only motion tells apart.
 
-Each clip shows one random shape on a static random texture. The class fixes only the direction of
+Each clip shows one random light shape on a static random darker texture. The class fixes only the direction of
 a motion (translation, spin, growth, orbit); everything else is drawn per clip: position, orientation,
 size, shape, colours, background and the speed of the motion. Every motion runs on a circle -- the
 object wraps around the frame edges (a torus), its angle wraps, its log-size wraps from largest to
@@ -89,6 +89,12 @@ _ORBIT_SPEED_RANGE = (1.0, 2.5)  # radians
 _HARMONICS = 3  # outline r(angle) = 1 + sum_k a_k cos(k angle + phase_k), a_k < _HARMONIC_AMPLITUDE
 _HARMONIC_AMPLITUDE = 0.15
 _MIN_CONTRAST = 90.0  # RGB distance between the object's colour and the background's mean
+# Lit objects in front of a darker scene: every background channel stays below _BACKGROUND_MAX and
+# every object channel (its shaded half included) above it, so motion has one contrast polarity. With
+# random polarity the direction of motion is a second-order feature (the product of the temporal
+# and spatial gradients) that small 3-D networks take many times longer to learn.
+_BACKGROUND_MAX = 140.0
+_OBJECT_MIN = _BACKGROUND_MAX / 0.65  # the shaded half is 0.65 as bright
 
 # B-frames and CABAC like YouTube's H.264. No scene-cut keyframes: one every `gop` frames exactly.
 # Same bytes for the same frames: one thread (no dependence on the machine's cores), and no mbtree,
@@ -163,9 +169,9 @@ def sample_scene(class_name: str, rng: np.random.Generator, width: int, height: 
     side = min(width, height)
     background = _texture(rng, width, height)
     mean = background.reshape(-1, 3).mean(axis=0)
-    colour = rng.uniform(0, 255, 3)
+    colour = rng.uniform(_OBJECT_MIN, 255, 3)
     while np.linalg.norm(colour - mean) < _MIN_CONTRAST:
-        colour = rng.uniform(0, 255, 3)
+        colour = rng.uniform(_OBJECT_MIN, 255, 3)
     low, high = math.log(_SIZE_RANGE[0] * side), math.log(_SIZE_RANGE[1] * side)
     return Scene(
         motion=MOTIONS[class_name],
@@ -194,9 +200,9 @@ def _texture(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
     for cells, weight in ((3, 0.6), (9, 0.3), (27, 0.1)):
         grid = rng.uniform(0, 1, (cells + 1, cells + 1)).astype(np.float32)
         mix += weight * _interpolation(height, cells) @ grid @ _interpolation(width, cells).T
-    first, second = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
+    first, second = rng.uniform(0, _BACKGROUND_MAX, 3), rng.uniform(0, _BACKGROUND_MAX, 3)
     picture = first + (second - first) * mix[..., None] + rng.normal(0, 6, (height, width, 3))
-    return np.clip(picture, 0, 255).astype(np.uint8)
+    return np.clip(picture, 0, _BACKGROUND_MAX).astype(np.uint8)
 
 
 def _interpolation(size: int, cells: int) -> np.ndarray:

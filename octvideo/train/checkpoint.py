@@ -24,6 +24,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import fsspec
+import pyarrow.fs
 import ray.train
 import torch
 
@@ -87,14 +89,27 @@ def consolidated_state_dict(checkpoint_dir: str) -> dict[str, torch.Tensor]:
     return {name: tensor.float() if tensor.is_floating_point() else tensor for name, tensor in state.items()}
 
 
-def export_fp32_weights(checkpoint: ray.train.Checkpoint, name: str = "model_fp32.pt") -> str:
-    """Write the consolidated fp32 ``state_dict`` of ``checkpoint`` next to it, in the run
-    directory, loadable with ``torch.load`` into the model; returns its path on the checkpoint's
+def write_fp32_weights(
+    checkpoint: ray.train.Checkpoint, state: Mapping[str, torch.Tensor], name: str = "model_fp32.pt"
+) -> str:
+    """Write ``state`` (:func:`consolidated_state_dict` of ``checkpoint``) next to the checkpoint,
+    in the run directory, loadable with ``torch.load``; returns its path on the checkpoint's
     filesystem."""
-    with checkpoint.as_directory() as local:
-        state = consolidated_state_dict(local)
     target = f"{os.path.dirname(checkpoint.path.rstrip('/'))}/{name}"
     with checkpoint.filesystem.open_output_stream(target) as out:
-        torch.save(state, out)
+        torch.save(dict(state), out)
     logger.info("wrote consolidated fp32 weights (%d tensors) to %s", len(state), target)
     return target
+
+
+def run_storage(storage_path: str, storage_options: Mapping[str, Any]) -> tuple[str, pyarrow.fs.FileSystem | None]:
+    """``RunConfig``'s ``storage_path`` and ``storage_filesystem`` for a folder or URL.
+
+    A local folder goes to Ray as it is. A URL (``s3://``, ``gs://``, ...) goes through fsspec,
+    like the training data: same credentials (environment or ``storage_options``), same endpoint
+    settings (``AWS_ENDPOINT_URL`` included), wrapped as a pyarrow filesystem for Ray."""
+    protocol, _ = fsspec.core.split_protocol(storage_path)
+    if protocol in (None, "file", "local"):
+        return os.path.abspath(fsspec.core.strip_protocol(storage_path)), None
+    fs, path = fsspec.core.url_to_fs(storage_path, **storage_options)
+    return path, pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs))

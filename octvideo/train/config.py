@@ -59,6 +59,7 @@ class ClipConfig(_Section):
     target_fps: float = Field(30.0, gt=0)
     train_short_side: Tuple[int, int] = (256, 320)
     crop: int = Field(224, ge=16, description="training crop")
+    flip_prob: float = Field(0.5, ge=0.0, le=1.0, description="training horizontal flips; 0 when a mirror turns one class into another (left / right motion)")
     eval_short_side: int = Field(256, ge=16)
     eval_crop: int = Field(256, ge=16, description="validation / test crop (PySlowFast tests 3 x 256 crops)")
     test_clips: int = Field(10, ge=1)
@@ -134,7 +135,8 @@ class ScalingConfig(_Section):
 
 
 class CheckpointConfig(_Section):
-    storage_path: str = Field("./runs", description="any fsspec/pyarrow URL shared by all nodes, s3:// included")
+    storage_path: str = Field("./runs", description="a folder or fsspec URL shared by all nodes, s3:// included")
+    storage_options: Dict[str, Any] = Field(default_factory=dict, description="fsspec options for storage_path")
     name: str = Field("octvideo", description="run name; re-submitting the same name resumes")
     every_steps: Optional[int] = Field(None, ge=1, description="also checkpoint every N steps, besides epoch ends")
     keep_last: int = Field(3, ge=1)
@@ -144,6 +146,7 @@ class CheckpointConfig(_Section):
 class TrackingConfig(_Section):
     tracking_uri: Optional[str] = Field(None, description="None: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")
     experiment: str = "octvideo"
+    log_every_steps: int = Field(10, ge=1, description="optimizer steps between metric reports")
     registered_model_name: Optional[str] = None
 
 

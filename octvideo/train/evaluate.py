@@ -10,8 +10,10 @@ out the shards) is masked out, and a video whose views straddle two ranks' shard
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -35,6 +37,13 @@ def accuracy(scores: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] = TOP
     if len(labels) == 0:
         raise ValueError("accuracy of no samples")
     return {f"top{k}": n / len(labels) for k, n in zip(ks, topk_correct(scores, labels, ks))}
+
+
+def confusion_matrix(labels: Sequence[int], predictions: Sequence[int], num_classes: int) -> np.ndarray:
+    """Counts ``[true class, predicted class]``."""
+    matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(matrix, (np.asarray(labels, dtype=np.int64), np.asarray(predictions, dtype=np.int64)), 1)
+    return matrix
 
 
 def video_scores(
@@ -65,6 +74,15 @@ def multiview_accuracy(
     return video_accuracy(*video_scores(logits, labels, video_index, num_videos), ks)
 
 
+@dataclass(frozen=True)
+class Evaluation:
+    """What :func:`evaluate` measured: ``metrics`` (``clip_top1``, ..., ``video_top1``, ...) and
+    the video-level ``confusion`` matrix (counts, ``[true class, predicted class]``)."""
+
+    metrics: dict[str, float]
+    confusion: np.ndarray
+
+
 @torch.no_grad()
 def evaluate(
     forward: Callable[[Any], torch.Tensor],
@@ -75,10 +93,10 @@ def evaluate(
     dtype: torch.dtype = torch.float32,
     speed_ratio: int | None = None,
     ks: Sequence[int] = TOP_K,
-) -> dict[str, float]:
-    """Clip-level and video-level top-k of ``forward`` over a non-shuffled loader's split,
-    ``{"clip_top1", ..., "video_top1", ...}``, summed over all ranks of the default process
-    group when there is one (every rank must call it: ZeRO-3 forwards are collective)."""
+) -> Evaluation:
+    """Clip-level and video-level top-k and the video-level confusion matrix of ``forward`` over
+    a non-shuffled loader's split, summed over all ranks of the default process group when there
+    is one (every rank must call it: ZeRO-3 forwards are collective)."""
     if loader.sampler.shuffle:
         raise ValueError("evaluate needs a loader in split order (shuffle=False)")
     num_items, num_videos = len(loader.dataset), len(loader.dataset.manifest)
@@ -107,4 +125,5 @@ def evaluate(
         dist.all_reduce(labels, op=dist.ReduceOp.MAX)
     metrics = {f"clip_top{k}": float(n / clip_hits[-1]) for k, n in zip(ks, clip_hits[:-1])}
     metrics.update({f"video_{name}": value for name, value in video_accuracy(sums, counts, labels, ks).items()})
-    return metrics
+    seen = counts > 0
+    return Evaluation(metrics, confusion_matrix(labels[seen], sums[seen].argmax(dim=1), num_classes))

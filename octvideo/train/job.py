@@ -1,35 +1,65 @@
-"""A training job: a Ray Train ``TorchTrainer`` over :func:`~octvideo.train.loop.train_loop_per_worker`.
+"""A training job: a Ray Train ``TorchTrainer`` over :func:`~octvideo.train.loop.train_loop_per_worker`,
+tracked in MLflow from the driver (rank 0 of the workers logs the run's metrics).
+
+    job = prepare_job(config)      # no cluster work: checks tracking and data, opens the MLflow run
+    outcome = run_job(job)         # train or resume, export fp32 weights, register the model
 
 The run lives in ``{checkpoint.storage_path}/{checkpoint.name}`` (a folder or an fsspec/pyarrow
 URL shared by all nodes); running the same name again resumes from its latest checkpoint, and a
 failed worker is replaced and resumes from it too (``checkpoint.max_failures`` times). When
-training is done the latest checkpoint is consolidated into ``model_fp32.pt`` in the run folder:
-a plain fp32 ``state_dict`` for :func:`~octvideo.train.loop.build_network`.
+training is done the latest checkpoint is consolidated into ``model_fp32.pt`` in the run folder
+(a plain fp32 ``state_dict`` for :func:`~octvideo.train.loop.build_network`), the training curves
+are drawn from MLflow's history of the whole run, and the model is registered under
+``tracking.registered_model_name`` with the test top-1 that decides its aliases.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Optional
 
+import ray
 import ray.train
+import torch
 from ray.train.torch import TorchTrainer
 
-from octvideo.train.checkpoint import export_fp32_weights
+from octvideo.data import load_manifest
+from octvideo.profile import profile_model
+from octvideo.train.checkpoint import consolidated_state_dict, run_storage, write_fp32_weights
 from octvideo.train.config import ConfigError, ExperimentConfig, config_to_dict
-from octvideo.train.loop import DEFAULT_REPORT_EVERY, train_loop_per_worker
-from octvideo.train.tracking import Tracker
+from octvideo.train.loop import build_network, network_options, train_loop_per_worker
+from octvideo.train.registry import Registration
+from octvideo.train.tracking import Tracker, start_tracker
 
 logger = logging.getLogger(__name__)
+
+#: Metrics drawn in the run's training-curves figure.
+CURVES = ("loss", "lr", "epoch/val_clip_top1", "epoch/val_video_top1", "clips_per_s", "data_wait_share")
+
+
+@dataclass
+class PreparedJob:
+    """A configuration checked against the world (data readable, tracking reachable) and its run's tracker."""
+
+    config: ExperimentConfig
+    tracker: Tracker
+    label_map: dict[str, int]
+
+    @property
+    def num_classes(self) -> int:
+        return self.config.model.num_classes or len(self.label_map)
 
 
 @dataclass(frozen=True)
 class JobResult:
-    """Ray Train's result (latest checkpoint and its metrics) and where the fp32 weights went
-    (a path on ``result.checkpoint.filesystem``)."""
+    """Ray Train's result (latest checkpoint and its metrics), where the fp32 weights went (a path
+    on ``result.checkpoint.filesystem``) and the model's registration (None when not registered)."""
 
     result: ray.train.Result
     weights_path: str
+    registration: Optional[Registration]
+    tracking_run_id: Optional[str]
 
 
 def check_supported(config: ExperimentConfig) -> None:
@@ -38,17 +68,48 @@ def check_supported(config: ExperimentConfig) -> None:
         raise ConfigError("model.pretrained: starting from pretrained weights is not supported by the training job yet")
 
 
-def build_trainer(
-    config: ExperimentConfig, tracker: Tracker | None = None, report_every: int = DEFAULT_REPORT_EVERY
-) -> TorchTrainer:
+def dataset_label_map(config: ExperimentConfig) -> dict[str, int]:
+    """The training split's label map (class name -> index); ConfigError naming the manifest
+    when it cannot be read. Bare ``path label`` lists get names ``"0"``, ``"1"``, ..."""
+    data = config.data
+    try:
+        manifest = load_manifest(data.train_manifest, data.root, storage_options=data.storage_options)
+    except (ValueError, OSError) as error:
+        raise ConfigError(f"data.train_manifest: {error}") from None
+    if manifest.label_map is not None:
+        return dict(manifest.label_map)
+    return {str(index): index for index in range(config.model.num_classes or manifest.num_classes)}
+
+
+def prepare_job(config: ExperimentConfig, tracker: Optional[Tracker] = None) -> PreparedJob:
+    """Everything that can fail before cluster work: the job's support for ``config``
+    (ConfigError), its training data (ConfigError), the tracking server (TrackingUnavailable).
+    Opens (or resumes) the MLflow run, unless ``tracker`` is given, and logs the config, the
+    label map and the model's parameters and multiply-accumulates per clip."""
+    check_supported(config)
+    label_map = dataset_label_map(config)
+    tracker = tracker if tracker is not None else start_tracker(config, rank=0)
+    job = PreparedJob(config, tracker, label_map)
+    tracker.log_config(config)
+    tracker.log_label_map(label_map)
+    model = build_network(config.model, job.num_classes)
+    clip = config.data.clip
+    size = profile_model(model, model.example_input(frames=clip.num_frames, size=clip.crop))
+    tracker.log_model_size(size.total_macs, size.total_params)
+    return job
+
+
+def build_trainer(job: PreparedJob) -> TorchTrainer:
+    config = job.config
     scaling = config.scaling
     resources = {"CPU": scaling.cpus_per_worker}
     if scaling.use_gpu:
         resources["GPU"] = scaling.gpus_per_worker
     checkpoint = config.checkpoint
+    storage_path, storage_filesystem = run_storage(checkpoint.storage_path, checkpoint.storage_options)
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"config": config_to_dict(config), "tracker": tracker, "report_every": report_every},
+        train_loop_config={"config": config_to_dict(config), "tracker": job.tracker},
         scaling_config=ray.train.ScalingConfig(
             num_workers=scaling.num_workers,
             use_gpu=scaling.use_gpu,
@@ -56,7 +117,8 @@ def build_trainer(
             placement_strategy=scaling.placement_strategy,
         ),
         run_config=ray.train.RunConfig(
-            storage_path=checkpoint.storage_path,
+            storage_path=storage_path,
+            storage_filesystem=storage_filesystem,
             name=checkpoint.name,
             failure_config=ray.train.FailureConfig(max_failures=checkpoint.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=checkpoint.keep_last),
@@ -64,15 +126,40 @@ def build_trainer(
     )
 
 
-def run_job(
-    config: ExperimentConfig, tracker: Tracker | None = None, report_every: int = DEFAULT_REPORT_EVERY
-) -> JobResult:
-    """Train (or resume) to the end and export the consolidated fp32 weights. Needs Ray to be
-    initialised (``ray.init()``) or reachable; raises Ray Train's error if training fails."""
-    check_supported(config)
-    result = build_trainer(config, tracker, report_every).fit()
-    if result.checkpoint is None:
-        raise RuntimeError(f"run {config.checkpoint.name} finished without a checkpoint")
-    weights = export_fp32_weights(result.checkpoint)
+def run_job(job: PreparedJob) -> JobResult:
+    """Train (or resume) to the end, export the consolidated fp32 weights, draw the training
+    curves and register the model. Starts a local Ray unless one is initialised or reachable
+    (``RAY_ADDRESS``); raises Ray Train's error if training fails, after marking the MLflow
+    run FAILED."""
+    config, tracker = job.config, job.tracker
+    try:
+        result = build_trainer(job).fit()
+        if result.checkpoint is None:
+            raise RuntimeError(f"run {config.checkpoint.name} finished without a checkpoint")
+        with result.checkpoint.as_directory() as local:
+            state = consolidated_state_dict(local)
+        weights = write_fp32_weights(result.checkpoint, state)
+    except BaseException:
+        tracker.close("FAILED")
+        raise
+    tracker.log_training_curves(CURVES)
+    registration = _register(job, state, result.metrics or {})
+    tracker.close()
     logger.info("run %s done: %s; weights at %s", config.checkpoint.name, result.metrics, weights)
-    return JobResult(result, weights)
+    return JobResult(result, weights, registration, tracker.run_id)
+
+
+def _register(job: PreparedJob, state: dict[str, torch.Tensor], metrics: dict) -> Optional[Registration]:
+    name = job.config.tracking.registered_model_name
+    if name is None:
+        return None
+    if "test_video_top1" not in metrics:
+        logger.warning("not registering %s: the run's last report has no test accuracy", name)
+        return None
+    options = network_options(job.config.model, job.num_classes)
+    model = build_network(job.config.model, job.num_classes)
+    model.load_state_dict(state)
+    return job.tracker.register_model(
+        model, name, build_kwargs=options, label_map=job.label_map, clip=job.config.data.clip,
+        test_top1=float(metrics["test_video_top1"]),
+    )

@@ -7,7 +7,7 @@ each epoch, and finally tests (video level, multi-view) on the test split.
 
 Reports (``ray.train.report``, every rank, the same number of times; rank 0's metrics count):
 
-* every ``report_every`` optimizer steps: ``loss``, ``lr``, ``clips_per_s`` (all ranks),
+* every ``tracking.log_every_steps`` optimizer steps: ``loss``, ``lr``, ``clips_per_s`` (all ranks),
   ``epoch`` (epochs done, fractional), ``global_step`` (optimizer steps), ``skipped_steps``
   (steps DeepSpeed skipped on non-finite gradients),
   ``data_wait_share`` (share of step time spent waiting for batches), ``bad_videos`` and
@@ -19,8 +19,9 @@ Reports (``ray.train.report``, every rank, the same number of times; rank 0's me
 Resuming: the engine loads the checkpoint and training goes on from its epoch and batch; the
 sampler starts the epoch after the batches already done, so they are not loaded again.
 
-Tracking: ``loop_config["tracker"]``, any picklable object with ``log_metrics(metrics, step)``,
-receives every report's metrics on rank 0 (default: :class:`NullTracker`).
+Tracking: ``loop_config["tracker"]`` (a picklable :class:`~octvideo.train.tracking.Tracker`;
+default :class:`NullTracker`) is called on rank 0 only: every report's metrics by global step,
+each epoch's by epoch, and the test's confusion matrix and per-class accuracy as figures.
 """
 
 from __future__ import annotations
@@ -43,27 +44,30 @@ from octvideo.data import KineticsDataset, KineticsLoader, model_input
 from octvideo.models import build_model
 from octvideo.train.checkpoint import TrainState, restore, save_and_report
 from octvideo.train.config import ExperimentConfig, ModelConfig, parse_config
-from octvideo.train.evaluate import evaluate
+from octvideo.train.evaluate import Evaluation, evaluate
 from octvideo.train.optim import build_optimizer, build_scheduler
+from octvideo.train.plots import plot_confusion_matrix, plot_per_class_accuracy
 from octvideo.train.tracking import NullTracker, Tracker
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_REPORT_EVERY = 10
-
-
-def build_network(config: ModelConfig, num_classes: int) -> nn.Module:
-    """The model of ``config`` (fresh weights) with ``num_classes`` outputs."""
+def network_options(config: ModelConfig, num_classes: int) -> dict[str, Any]:
+    """The ``build_model(config.name, **options)`` arguments of ``config`` with ``num_classes`` outputs."""
     options: dict[str, Any] = {
         "alpha": config.alpha,
-        "octave_pool": config.octave_pool,
+        "octave_pool": list(config.octave_pool),
         "last_stage_alpha": config.last_stage_alpha,
         "num_classes": num_classes,
         "dropout": config.dropout,
     }
     if config.width is not None:
         options["width"] = config.width
-    return build_model(config.name, **options)
+    return options
+
+
+def build_network(config: ModelConfig, num_classes: int) -> nn.Module:
+    """The model of ``config`` (fresh weights) with ``num_classes`` outputs."""
+    return build_model(config.name, **network_options(config, num_classes))
 
 
 def deepspeed_config(config: ExperimentConfig) -> dict[str, Any]:
@@ -108,6 +112,7 @@ def _dataset(config: ExperimentConfig, manifest: str, mode: str) -> KineticsData
         short_side_range=clip.train_short_side,
         eval_short_side=clip.eval_short_side,
         crop_size=clip.crop if mode == "train" else clip.eval_crop,
+        flip_prob=clip.flip_prob,
         num_clips=clip.test_clips,
         num_crops=clip.test_crops,
         seed=config.seed,
@@ -150,10 +155,9 @@ class _Window:
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """Ray Train's per-worker function. ``loop_config``: ``config`` (an ExperimentConfig as a
-    dict), optional ``tracker`` and ``report_every`` (optimizer steps between reports)."""
+    dict) and optional ``tracker``."""
     config = parse_config(loop_config["config"])
     tracker: Tracker = loop_config.get("tracker") or NullTracker()
-    report_every = int(loop_config.get("report_every", DEFAULT_REPORT_EVERY))
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
@@ -208,10 +212,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         batch = views * max(1, config.optim.batch_size_per_worker // views)
         return KineticsLoader(dataset, batch, num_workers=config.data.workers, rank=rank, world_size=world_size)
 
-    def run_eval(loader: KineticsLoader, prefix: str) -> dict[str, float]:
+    def run_eval(loader: KineticsLoader, prefix: str) -> tuple[dict[str, float], Evaluation]:
         engine.eval()
-        metrics = evaluate(engine, loader, num_classes, device=device, dtype=dtype, speed_ratio=speed_ratio)
-        return {f"{prefix}_{name}": value for name, value in metrics.items()}
+        evaluation = evaluate(engine, loader, num_classes, device=device, dtype=dtype, speed_ratio=speed_ratio)
+        return {f"{prefix}_{name}": value for name, value in evaluation.metrics.items()}, evaluation
 
     val_loader = eval_loader(config.data.val_manifest, "val")
     window = _Window()
@@ -238,16 +242,23 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 continue
             step = engine.global_steps
             checkpoint_now = every is not None and step % every == 0
-            if checkpoint_now or step % report_every == 0:
+            if checkpoint_now or step % config.tracking.log_every_steps == 0:
                 metrics = {**window.summary(train_loader), "lr": float(engine.get_lr()[0])}
                 state = TrainState(step, state.epoch, index + 1)
                 report(metrics, state if checkpoint_now else None)
                 window.reset()
         metrics = {**window.summary(train_loader), "lr": float(engine.get_lr()[0])}
-        metrics.update(run_eval(val_loader, "val"))
+        metrics.update(run_eval(val_loader, "val")[0])
         state = TrainState(engine.global_steps, state.epoch + 1, 0)
         if state.epoch == config.optim.epochs:
             test_manifest = config.data.test_manifest or config.data.val_manifest
-            metrics.update(run_eval(eval_loader(test_manifest, "test"), "test"))
+            test_metrics, test = run_eval(eval_loader(test_manifest, "test"), "test")
+            metrics.update(test_metrics)
+            if rank == 0:
+                class_names = train_loader.dataset.manifest.class_names
+                tracker.log_figure(plot_confusion_matrix(test.confusion, class_names), "plots/test_confusion_matrix.png")
+                tracker.log_figure(plot_per_class_accuracy(test.confusion, class_names), "plots/test_per_class_accuracy.png")
         logger.info("epoch %d done: %s", state.epoch, metrics)
+        if rank == 0:
+            tracker.log_epoch_metrics(metrics, state.epoch)
         report(metrics, state)

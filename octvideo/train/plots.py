@@ -1,5 +1,5 @@
 """Figures of a training run, from plain arrays: training curves, confusion matrix, per-class
-accuracy. Each returns a matplotlib ``Figure`` for ``tracker.log_figure(figure, "plots/x.png")``.
+accuracy (from :func:`octvideo.train.evaluate.confusion_matrix`). Each returns a matplotlib ``Figure`` for ``tracker.log_figure(figure, "plots/x.png")``.
 
 Figures are made without pyplot: no display or global backend is needed (they render with Agg),
 and they are freed like any object instead of staying in pyplot's figure list.
@@ -29,13 +29,6 @@ def plot_training_curves(
         ax.grid(alpha=0.3)
     axes[-1, 0].set_xlabel(x_label)
     return fig
-
-
-def confusion_matrix(labels: Sequence[int], predictions: Sequence[int], num_classes: int) -> np.ndarray:
-    """Counts ``[true class, predicted class]``."""
-    matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(matrix, (np.asarray(labels, dtype=np.int64), np.asarray(predictions, dtype=np.int64)), 1)
-    return matrix
 
 
 def plot_confusion_matrix(matrix: np.ndarray, class_names: Optional[Sequence[str]] = None) -> Figure:

@@ -29,6 +29,8 @@ from urllib.request import urlopen
 import yaml
 
 from octvideo.train.config import ExperimentConfig, config_to_dict, flatten
+from octvideo.train.plots import plot_training_curves
+from octvideo.train.registry import Registration, register_model
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +150,8 @@ class Tracker(Protocol):
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None: ...
     def log_epoch_metrics(self, metrics: Mapping[str, float], epoch: int) -> None: ...
     def log_figure(self, figure: Any, artifact_file: str) -> None: ...
+    def log_training_curves(self, keys: Sequence[str], artifact_file: str = "plots/training_curves.png") -> None: ...
+    def register_model(self, model: Any, registered_name: str, **details: Any) -> Optional[Registration]: ...
     def flush(self, timeout_sec: float = 60.0) -> int: ...
     def close(self, status: str = "FINISHED") -> None: ...
 
@@ -174,6 +178,12 @@ class NullTracker:
 
     def log_figure(self, figure: Any, artifact_file: str) -> None:
         pass
+
+    def log_training_curves(self, keys: Sequence[str], artifact_file: str = "plots/training_curves.png") -> None:
+        pass
+
+    def register_model(self, model: Any, registered_name: str, **details: Any) -> Optional[Registration]:
+        return None
 
     def flush(self, timeout_sec: float = 60.0) -> int:
         return 0
@@ -286,6 +296,30 @@ class MLflowTracker:
                 self.client.log_figure(self.run_id, figure, artifact_file)
         except Exception as err:  # plots are not worth stopping training for
             log.warning("could not log %s to MLflow: %s", artifact_file, err)
+
+    def log_training_curves(self, keys: Sequence[str], artifact_file: str = "plots/training_curves.png") -> None:
+        """One figure of the run's recorded history of each metric in ``keys`` (those it has),
+        against the step: the whole run, across restarts, as MLflow holds it."""
+        self.flush()
+        curves = {}
+        try:
+            with _quick_requests(self._timeout):
+                for key in keys:
+                    history = sorted(self.client.get_metric_history(self.run_id, key), key=lambda m: (m.step, m.timestamp))
+                    if history:
+                        curves[key] = ([m.step for m in history], [m.value for m in history])
+        except Exception as err:
+            log.warning("could not read the metric history of MLflow run %s: %s", self.run_id, err)
+            return
+        if curves:
+            self.log_figure(plot_training_curves(curves), artifact_file)
+
+    def register_model(self, model: Any, registered_name: str, **details: Any) -> Optional[Registration]:
+        """Log ``model`` to this run and register it (:func:`octvideo.train.registry.register_model`
+        with ``details``); ends the MLflow run."""
+        self.flush()
+        return register_model(model, tracking_uri=self.tracking_uri, registered_name=registered_name,
+                              run_id=self.run_id, **details)
 
     def flush(self, timeout_sec: float = 60.0) -> int:
         """Send what is queued, retrying with backoff for at most ``timeout_sec``; return how

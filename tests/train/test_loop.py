@@ -17,13 +17,14 @@ import torch
 from octvideo.data import write_synthetic_kinetics
 from octvideo.train.config import ExperimentConfig, parse_config
 from octvideo.train.loop import build_network, deepspeed_config
+from octvideo.train.tracking import NullTracker
 
 ray = pytest.importorskip("ray")
 
 STEPS_PER_EPOCH = 3  # 6 training videos, 2 workers, 1 clip per batch
 
 
-class FileTracker:
+class FileTracker(NullTracker):
     """Appends every logged report to a JSON-lines file (picklable, for Ray workers)."""
 
     def __init__(self, path: str) -> None:
@@ -88,6 +89,7 @@ def experiment(dataset: Path, storage: Path, name: str, *, epochs: int, zero_sta
             "deepspeed": {"zero_stage": zero_stage, "precision": "fp32"},
             "scaling": {"num_workers": 2, "cpus_per_worker": 1},
             "checkpoint": {"storage_path": str(storage), "name": name, "every_steps": 2, "keep_last": 2, "max_failures": 0},
+            "tracking": {"log_every_steps": 1},
         }
     )
 
@@ -109,11 +111,11 @@ def test_deepspeed_config_follows_the_experiment(dataset: Path, tmp_path: Path) 
 def test_training_reports_checkpoints_and_exports_fp32_weights(
     dataset: Path, tmp_path: Path, local_ray: None, zero_stage: int
 ) -> None:
-    from octvideo.train.job import run_job
+    from octvideo.train.job import prepare_job, run_job
 
     tracked = tmp_path / "tracked.jsonl"
     config = experiment(dataset, tmp_path / "runs", f"zero{zero_stage}", epochs=2, zero_stage=zero_stage)
-    outcome = run_job(config, tracker=FileTracker(str(tracked)), report_every=1)
+    outcome = run_job(prepare_job(config, tracker=FileTracker(str(tracked))))
 
     metrics = outcome.result.metrics
     assert metrics["global_step"] == 2 * STEPS_PER_EPOCH and metrics["epoch"] == 2
@@ -144,11 +146,11 @@ def test_training_reports_checkpoints_and_exports_fp32_weights(
 
 
 def test_rerun_with_the_same_name_resumes(dataset: Path, tmp_path: Path, local_ray: None) -> None:
-    from octvideo.train.job import run_job
+    from octvideo.train.job import prepare_job, run_job
 
     first, second = tmp_path / "first.jsonl", tmp_path / "second.jsonl"
-    run_job(experiment(dataset, tmp_path, "resumed", epochs=1), tracker=FileTracker(str(first)), report_every=1)
-    outcome = run_job(experiment(dataset, tmp_path, "resumed", epochs=2), tracker=FileTracker(str(second)), report_every=1)
+    run_job(prepare_job(experiment(dataset, tmp_path, "resumed", epochs=1), tracker=FileTracker(str(first))))
+    outcome = run_job(prepare_job(experiment(dataset, tmp_path, "resumed", epochs=2), tracker=FileTracker(str(second))))
 
     assert [row["global_step"] for row in read_tracked(first)][-1] == STEPS_PER_EPOCH
     resumed = read_tracked(second)
@@ -161,12 +163,12 @@ def test_rerun_with_the_same_name_resumes(dataset: Path, tmp_path: Path, local_r
 def test_failed_worker_resumes_mid_epoch(dataset: Path, tmp_path: Path, local_ray: None) -> None:
     """A failure after the step-2 checkpoint (2 of the epoch's 3 batches done): the replaced
     workers load it, skip the 2 batches done and go on from step 3."""
-    from octvideo.train.job import run_job
+    from octvideo.train.job import prepare_job, run_job
 
     tracked = tmp_path / "tracked.jsonl"
     config = experiment(dataset, tmp_path, "failing", epochs=1)
     config = config.model_copy(update={"checkpoint": config.checkpoint.model_copy(update={"max_failures": 1})})
-    outcome = run_job(config, tracker=FailingTracker(str(tracked), fail_at=3), report_every=1)
+    outcome = run_job(prepare_job(config, tracker=FailingTracker(str(tracked), fail_at=3)))
 
     assert os.path.exists(f"{tracked}.failed")
     assert [row["global_step"] for row in read_tracked(tracked)] == [1, 2, 3]

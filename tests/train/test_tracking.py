@@ -20,7 +20,8 @@ from mlflow.tracking import MlflowClient
 
 from octvideo.models import build_model
 from octvideo.train.config import ClipConfig, parse_config
-from octvideo.train.plots import confusion_matrix, plot_confusion_matrix, plot_per_class_accuracy, plot_training_curves
+from octvideo.train.evaluate import confusion_matrix
+from octvideo.train.plots import plot_confusion_matrix, plot_per_class_accuracy, plot_training_curves
 from octvideo.train.registry import CANDIDATE, CHAMPION, register_model
 from octvideo.train.tracking import (
     MLflowTracker,

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Stop the local stack started by up.sh. Each service runs in a session of its own whose leader's
+# pid is in its pid file: the leader gets SIGTERM and stops its children (Ray drains first), and
+# what is left of its process group after 30 s gets SIGKILL. Only this stack's processes are
+# touched (`ray stop` would stop every Ray on the machine). Safe to run twice; the stack folder
+# (logs, MLflow database and artifacts, Ray token) is kept.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+
+for name in ray mlflow s3; do
+  if leader=$(pid_of "$name"); then
+    kill -TERM "$leader"
+    for _ in $(seq 150); do
+      kill -0 -- "-$leader" 2>/dev/null || break
+      sleep 0.2
+    done
+    kill -KILL -- "-$leader" 2>/dev/null || true
+    echo "stopped $name"
+  fi
+  rm -f "$STACK/$name.pid"
+done
