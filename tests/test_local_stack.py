@@ -7,21 +7,15 @@ Runs in a stack folder of its own on free ports, so a developer's stack is never
 from __future__ import annotations
 
 import os
-import shutil
 import socket
-import subprocess
-import sys
-import tempfile
-from pathlib import Path
 from urllib.error import HTTPError
 from urllib.request import urlopen
 
 import boto3
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-PORT_VARIABLES = ("S3", "MLFLOW", "RAY", "RAY_DASHBOARD", "RAY_CLIENT", "RAY_AGENT")
+from tests.stack import BIN, LocalStack
+
 # A job that prints what it sees of the stack: its env, its Python, and an object put in S3 by the
 # test, read back through pyarrow as Ray Train's storage does (env only, no options).
 JOB = """
@@ -31,21 +25,6 @@ print("S3", fs.open_input_stream(path).read().decode())
 print("ENV", os.environ["AWS_ENDPOINT_URL"], os.environ["MLFLOW_TRACKING_URI"])
 print("PYTHON", sys.executable)
 """
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
-def read_env_file(path: Path) -> dict[str, str]:
-    return dict(line.removeprefix("export ").split("=", 1) for line in path.read_text().splitlines())
 
 
 def process_group_alive(pgid: int) -> bool:
@@ -58,25 +37,13 @@ def process_group_alive(pgid: int) -> bool:
 
 @pytest.mark.timeout(240)
 def test_local_stack_up_job_down():
-    # A short folder: Ray's unix sockets live under it, and their paths are limited to 107 bytes.
-    stack = Path(tempfile.mkdtemp(prefix="octvideo-stack-"))
-    ports = dict(zip(PORT_VARIABLES, free_ports(len(PORT_VARIABLES))))
-    # Nothing of a stack the developer may have sourced: clients get only this stack's env file.
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "AWS_", "MLFLOW_"))}
-    script_env = {**base, "OCTVIDEO_STACK_DIR": str(stack), "OCTVIDEO_BIN": str(BIN)}
-    script_env.update({f"OCTVIDEO_{name}_PORT": str(port) for name, port in ports.items()})
-
-    def script(name: str) -> subprocess.CompletedProcess:
-        return subprocess.run([str(ROOT / "cluster/local" / name)], env=script_env, capture_output=True,
-                              text=True, timeout=120)
-
+    stack = LocalStack()
     try:
-        up = script("up.sh")
-        assert up.returncode == 0, up.stdout + up.stderr
-        assert "already up" in script("up.sh").stdout
-        pids = {name: int((stack / f"{name}.pid").read_text()) for name in ("s3", "mlflow", "ray")}
-        env = read_env_file(stack / "env")
-        assert env["AWS_ENDPOINT_URL"] == f"http://127.0.0.1:{ports['S3']}"
+        stack.up()
+        assert "already up" in stack.script("up.sh").stdout
+        pids = {name: int((stack.folder / f"{name}.pid").read_text()) for name in ("s3", "mlflow", "ray")}
+        env = stack.env
+        assert env["AWS_ENDPOINT_URL"] == f"http://127.0.0.1:{stack.ports['S3']}"
 
         s3 = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name=env["AWS_DEFAULT_REGION"],
                           aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
@@ -88,22 +55,17 @@ def test_local_stack_up_job_down():
             urlopen(f"{env['RAY_API_SERVER_ADDRESS']}/api/jobs/", timeout=5)
         assert refused.value.code == 401
 
-        job = subprocess.run(
-            [str(BIN / "ray"), "job", "submit", "--working-dir", str(ROOT),
-             "--runtime-env", str(stack / "runtime_env.yaml"), "--", "python", "-c", JOB],
-            env={**base, **env}, capture_output=True, text=True, timeout=120,
-        )
+        job = stack.submit("python", "-c", JOB, timeout=120)
         assert job.returncode == 0, job.stdout + job.stderr
         assert "S3 from the test" in job.stdout
         assert f"ENV {env['AWS_ENDPOINT_URL']} {env['MLFLOW_TRACKING_URI']}" in job.stdout
         assert f"PYTHON {BIN / 'python'}" in job.stdout
 
-        down = script("down.sh")
+        down = stack.script("down.sh")
         assert down.returncode == 0, down.stdout + down.stderr
         assert not [name for name, pid in pids.items() if process_group_alive(pid)]
         with pytest.raises(OSError):
-            socket.create_connection(("127.0.0.1", ports["RAY"]), timeout=1)
-        assert script("down.sh").stdout == ""  # twice is fine
+            socket.create_connection(("127.0.0.1", stack.ports["RAY"]), timeout=1)
+        assert stack.script("down.sh").stdout == ""  # twice is fine
     finally:
-        script("down.sh")
-        shutil.rmtree(stack, ignore_errors=True)
+        stack.remove()

@@ -157,6 +157,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """Ray Train's per-worker function. ``loop_config``: ``config`` (an ExperimentConfig as a
     dict) and optional ``tracker``."""
     config = parse_config(loop_config["config"])
+    logging.getLogger("fsspec").setLevel(logging.WARNING)  # not a line per cache block in the job's log
     tracker: Tracker = loop_config.get("tracker") or NullTracker()
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
@@ -258,7 +259,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 class_names = train_loader.dataset.manifest.class_names
                 tracker.log_figure(plot_confusion_matrix(test.confusion, class_names), "plots/test_confusion_matrix.png")
                 tracker.log_figure(plot_per_class_accuracy(test.confusion, class_names), "plots/test_per_class_accuracy.png")
-        logger.info("epoch %d done: %s", state.epoch, metrics)
         if rank == 0:
+            logger.info("epoch %d done: %s", state.epoch, metrics)
             tracker.log_epoch_metrics(metrics, state.epoch)
         report(metrics, state)

@@ -1,0 +1,78 @@
+"""The local stack of ``cluster/local`` (S3, MLflow, a Ray head with token auth) for tests: in a
+folder of its own on free ports, so a developer's stack is never touched."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+PORT_VARIABLES = ("S3", "MLFLOW", "RAY", "RAY_DASHBOARD", "RAY_CLIENT", "RAY_AGENT")
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    return dict(line.removeprefix("export ").split("=", 1) for line in path.read_text().splitlines())
+
+
+@dataclass
+class LocalStack:
+    """A stack folder and its ports; :meth:`script` runs ``up.sh`` / ``down.sh`` on it."""
+
+    # A short folder: Ray's unix sockets live under it, and their paths are limited to 107 bytes.
+    folder: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="octvideo-stack-")))
+    ports: dict[str, int] = field(default_factory=lambda: dict(zip(PORT_VARIABLES, free_ports(len(PORT_VARIABLES)))))
+
+    @property
+    def base_env(self) -> dict[str, str]:
+        """This process's environment without any stack the developer may have sourced."""
+        return {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "AWS_", "MLFLOW_"))}
+
+    @property
+    def env(self) -> dict[str, str]:
+        """What a client of the stack needs (its env file)."""
+        return read_env_file(self.folder / "env")
+
+    @property
+    def client_env(self) -> dict[str, str]:
+        return {**self.base_env, **self.env}
+
+    def script(self, name: str) -> subprocess.CompletedProcess:
+        env = {**self.base_env, "OCTVIDEO_STACK_DIR": str(self.folder), "OCTVIDEO_BIN": str(BIN)}
+        env.update({f"OCTVIDEO_{name}_PORT": str(port) for name, port in self.ports.items()})
+        return subprocess.run([str(ROOT / "cluster/local" / name)], env=env, capture_output=True, text=True, timeout=120)
+
+    def up(self) -> None:
+        started = self.script("up.sh")
+        assert started.returncode == 0, started.stdout + started.stderr
+
+    def remove(self) -> None:
+        """Stop the stack (if up) and delete its folder."""
+        self.script("down.sh")
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    def submit(self, *command: str, timeout: float = 600) -> subprocess.CompletedProcess:
+        """``ray job submit`` of ``command`` with the repository as working dir and the stack's
+        runtime env; waits for the job and returns its output."""
+        return subprocess.run(
+            [str(BIN / "ray"), "job", "submit", "--working-dir", str(ROOT),
+             "--runtime-env", str(self.folder / "runtime_env.yaml"), "--", *command],
+            env=self.client_env, capture_output=True, text=True, timeout=timeout,
+        )
