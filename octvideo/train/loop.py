@@ -51,6 +51,7 @@ from octvideo.train.tracking import NullTracker, Tracker
 
 logger = logging.getLogger(__name__)
 
+
 def network_options(config: ModelConfig, num_classes: int) -> dict[str, Any]:
     """The ``build_model(config.name, **options)`` arguments of ``config`` with ``num_classes`` outputs."""
     options: dict[str, Any] = {
