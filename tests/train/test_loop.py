@@ -85,7 +85,6 @@ def experiment(dataset: Path, storage: Path, name: str, *, epochs: int, zero_sta
                 "workers": 0,
             },
             "optim": {"lr": 0.01, "epochs": epochs, "warmup_epochs": 0, "batch_size_per_worker": 1, "clip_grad_norm": 5.0},
-            # fp32: the octave layers have no bf16 CPU kernels (avg_pool3d)
             "deepspeed": {"zero_stage": zero_stage, "precision": "fp32"},
             "scaling": {"num_workers": 2, "cpus_per_worker": 1},
             "checkpoint": {"storage_path": str(storage), "name": name, "every_steps": 2, "keep_last": 2, "max_failures": 0},

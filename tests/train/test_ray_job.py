@@ -1,6 +1,6 @@
 """The training job as users run it: ``ray job submit ... pipelines/kinetics.py`` against a Ray head
 started by ``ray start --head`` (the local stack), data and checkpoints in its S3 server, tracking
-and registry in its MLflow server. DeepSpeed ZeRO-2 and ZeRO-3 on 2 CPU workers; a worker killed
+and registry in its MLflow server. DeepSpeed ZeRO-2 (fp32) and ZeRO-3 (bf16) on 2 CPU workers; a worker killed
 with SIGKILL mid-run; a re-submission that resumes; the registered model's aliases; prediction
 with the registered model.
 """
@@ -30,7 +30,9 @@ STEPS_PER_EPOCH = 3  # 6 training videos, 2 workers, 1 clip per batch
 EXPERIMENT = "job-tests"
 
 
-def experiment(name: str, *, epochs: int, zero_stage: int, every_steps: int = 2, max_failures: int = 0) -> dict:
+def experiment(
+    name: str, *, epochs: int, zero_stage: int, precision: str = "fp32", every_steps: int = 2, max_failures: int = 0
+) -> dict:
     return {
         "model": {"name": "oct_i3d_r18", "alpha": 0.5, "width": 8, "dropout": 0.0},
         "data": {
@@ -40,7 +42,7 @@ def experiment(name: str, *, epochs: int, zero_stage: int, every_steps: int = 2,
             "workers": 0,
         },
         "optim": {"lr": 0.01, "epochs": epochs, "warmup_epochs": 0, "batch_size_per_worker": 1},
-        "deepspeed": {"zero_stage": zero_stage, "precision": "fp32"},
+        "deepspeed": {"zero_stage": zero_stage, "precision": precision},
         "scaling": {"num_workers": 2, "cpus_per_worker": 1},
         "checkpoint": {"storage_path": "s3://octvideo-demo/runs", "name": name, "every_steps": every_steps,
                        "keep_last": 2, "max_failures": max_failures},
@@ -153,11 +155,11 @@ def training_workers(job_started: float) -> list[psutil.Process]:
     return found
 
 
-def test_zero3_worker_killed_mid_run_resumes_from_checkpoint(stack: LocalStack) -> None:
+def test_zero3_bf16_worker_killed_mid_run_resumes_from_checkpoint(stack: LocalStack) -> None:
     """SIGKILL one worker once a checkpoint is registered: Ray Train replaces the worker group, which loads
     the checkpoint and goes on from its step; the run ends at the same step count as an
     undisturbed one, and every step is in MLflow."""
-    config = write_config("zero3", experiment("zero3", epochs=2, zero_stage=3, every_steps=1, max_failures=1))
+    config = write_config("zero3", experiment("zero3", epochs=2, zero_stage=3, precision="bf16", every_steps=1, max_failures=1))
     started = time.time()
     killed: list[int] = []
 
@@ -189,3 +191,4 @@ def test_zero3_worker_killed_mid_run_resumes_from_checkpoint(stack: LocalStack) 
     resumed_at = next(i for i in range(1, len(steps)) if steps[i] <= steps[i - 1])
     assert steps[resumed_at] > 1  # continued from a checkpoint, not from zero
     assert run.info.status == "FINISHED"
+    assert fsspec.filesystem("s3").exists("octvideo-demo/runs/zero3/model_fp32.pt")  # gathered from bf16 ZeRO-3 shards
