@@ -118,7 +118,12 @@ class DeepSpeedConfig(_Section):
     offload_params: bool = False
 
     @model_validator(mode="after")
-    def _offload(self) -> "DeepSpeedConfig":
+    def _combinations(self) -> "DeepSpeedConfig":
+        if self.zero_stage == 1 and self.precision == "bf16":
+            raise ValueError(
+                "zero_stage 1 with bf16 saves DeepSpeed's BF16_Optimizer checkpoints, which cannot be "
+                "consolidated into fp32 weights; use zero_stage 0, 2 or 3"
+            )
         if self.offload_params and self.zero_stage != 3:
             raise ValueError("offload_params needs zero_stage 3")
         if self.offload_optimizer and self.zero_stage == 0:

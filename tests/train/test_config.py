@@ -34,6 +34,8 @@ def test_defaults_and_overrides(tmp_path):
         (MINIMAL, ["deepspeed.zero_stage=4"], r"deepspeed\.zero_stage"),
         (MINIMAL, ["deepspeed.offload_params=true"], "offload_params needs zero_stage 3"),
         (MINIMAL, ["deepspeed.precision=fp16"], "fp16 needs GPUs"),
+        (MINIMAL, ["deepspeed.zero_stage=1", "deepspeed.precision=bf16"], r"deepspeed: .*zero_stage 1 with bf16"),
+        (MINIMAL, ["data.clip.flip_prob=2"], r"data\.clip\.flip_prob: Input should be less than or equal to 1"),
         (MINIMAL, ["data.clip.crop=400"], "crop 400 is larger"),
         ("model: {name: oct_i3d_r18}\n", [], r"data: Field required"),
         (MINIMAL, ["optim.lr"], "not of the form key.sub=value"),

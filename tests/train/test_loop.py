@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import torch
+import yaml
 
 from octvideo.data import write_synthetic_kinetics
 from octvideo.train.config import ExperimentConfig, parse_config
@@ -175,23 +176,40 @@ def test_failed_worker_resumes_mid_epoch(dataset: Path, tmp_path: Path, local_ra
     assert outcome.result.metrics["epoch"] == 1
 
 
-def test_pipeline_rejects_a_bad_config_before_cluster_work(tmp_path: Path) -> None:
+def run_pipeline(config_text: str, tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    """``pipelines/kinetics.py`` on ``config_text``, with a Ray address that nothing answers: any
+    attempt at cluster work would hang or fail differently."""
     config = tmp_path / "experiment.yaml"
-    config.write_text("data: {train_manifest: a.csv, val_manifest: b.csv}\n")
+    config.write_text(config_text)
     script = Path(__file__).resolve().parents[2] / "pipelines" / "kinetics.py"
-    completed = subprocess.run(
-        [sys.executable, str(script), "--config", str(config), "--set", "optim.lrr=1", "--set", "model.alpha=2"],
-        capture_output=True, text=True, timeout=120, env={**os.environ, "RAY_ADDRESS": "127.0.0.1:1"},
+    return subprocess.run(
+        [sys.executable, str(script), "--config", str(config), *args], capture_output=True, text=True,
+        timeout=120, cwd=tmp_path, env={**os.environ, "RAY_ADDRESS": "127.0.0.1:1"},
     )
+
+
+def test_pipeline_rejects_a_bad_config_before_cluster_work(tmp_path: Path) -> None:
+    completed = run_pipeline("data: {train_manifest: a.csv, val_manifest: b.csv}\n", tmp_path,
+                             "--set", "optim.lrr=1", "--set", "model.alpha=2")
     assert completed.returncode == 2
     lines = completed.stderr.strip().splitlines()
     assert len(lines) == 1 and "optim.lrr: unknown key" in lines[0] and "model.alpha" in lines[0]
 
 
 def test_pipeline_rejects_what_the_job_cannot_run_yet(tmp_path: Path) -> None:
-    config = tmp_path / "experiment.yaml"
-    config.write_text("data: {train_manifest: a.csv, val_manifest: b.csv}\nmodel: {pretrained: /nowhere.pt}\n")
-    script = Path(__file__).resolve().parents[2] / "pipelines" / "kinetics.py"
-    completed = subprocess.run([sys.executable, str(script), "--config", str(config)], capture_output=True, text=True,
-                               timeout=120, env={**os.environ, "RAY_ADDRESS": "127.0.0.1:1"})
+    completed = run_pipeline("data: {train_manifest: a.csv, val_manifest: b.csv}\nmodel: {pretrained: /nowhere.pt}\n", tmp_path)
     assert completed.returncode == 2 and "model.pretrained" in completed.stderr
+
+
+def test_pipeline_rejects_a_missing_manifest_before_cluster_work(tmp_path: Path) -> None:
+    completed = run_pipeline(f"data: {{train_manifest: {tmp_path}/missing.csv, val_manifest: b.csv}}\n", tmp_path)
+    assert completed.returncode == 2
+    assert "data.train_manifest" in completed.stderr and "missing.csv does not exist" in completed.stderr
+
+
+def test_pipeline_refuses_to_start_without_its_tracking_server(dataset: Path, tmp_path: Path) -> None:
+    text = yaml.safe_dump({"data": {"train_manifest": str(dataset / "train.csv"), "val_manifest": str(dataset / "val.csv")},
+                           "tracking": {"tracking_uri": "http://127.0.0.1:1"}})
+    completed = run_pipeline(text, tmp_path)
+    assert completed.returncode == 2
+    assert "MLflow tracking at http://127.0.0.1:1 is unavailable" in completed.stderr
