@@ -33,7 +33,7 @@ def registered(tmp_path, monkeypatch) -> str:
     register_model(
         model, tracking_uri=uri, registered_name="tiny", run_id=run_id,
         build_kwargs={"alpha": 0.5, "width": 8, "num_classes": len(LABELS)}, label_map=LABELS, clip=clip,
-        test_top1=0.2,
+        test_top1=0.2, global_step=1,
     )
     return uri
 

@@ -161,5 +161,5 @@ def _register(job: PreparedJob, state: dict[str, torch.Tensor], metrics: dict) -
     model.load_state_dict(state)
     return job.tracker.register_model(
         model, name, build_kwargs=options, label_map=job.label_map, clip=job.config.data.clip,
-        test_top1=float(metrics["test_video_top1"]),
+        test_top1=float(metrics["test_video_top1"]), global_step=int(metrics["global_step"]),
     )

@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 CANDIDATE, CHAMPION = "candidate", "champion"
 TOP1_TAG = "octvideo.test_top1"
+STEP_TAG = "octvideo.global_step"
 #: Height and width of the input example stored with a model (a full-size clip is megabytes of JSON).
 EXAMPLE_SIZE = 32
 
@@ -86,18 +87,29 @@ def register_model(
     label_map: Mapping[str, int],
     clip: ClipConfig,
     test_top1: float,
+    global_step: int,
 ) -> Registration:
     """Log ``model`` (built by ``build_model(model.model_name, **build_kwargs)``) to MLflow run
     ``run_id``, register it as a new version of ``registered_name`` and set its aliases.
 
-    A champion without a recorded test top-1 is replaced. Call this after training: it sets
-    the process's MLflow tracking URI and, like :meth:`MLflowTracker.close`, ends the run."""
+    A champion without a recorded test top-1 is replaced. The weights of run ``run_id`` at
+    ``global_step`` are registered once: a run submitted again after it finished gets back the
+    version it already has. Call this after training: it sets the process's MLflow tracking URI
+    and, like :meth:`MLflowTracker.close`, ends the run."""
     import mlflow
     import mlflow.pytorch
     from mlflow.tracking import MlflowClient
 
     mlflow.set_tracking_uri(tracking_uri)
     client = MlflowClient(tracking_uri)
+    for existing in client.search_model_versions(f"name = '{registered_name}' and run_id = '{run_id}'"):
+        if existing.tags.get(STEP_TAG) == str(global_step):
+            log.info("%s version %s already holds run %s at step %d", registered_name, existing.version, run_id, global_step)
+            aliases = client.get_model_version(registered_name, existing.version).aliases  # search leaves them out
+            return Registration(
+                registered_name, str(existing.version), float(existing.tags[TOP1_TAG]), list(aliases),
+                model_uri=f"models:/{registered_name}/{existing.version}",
+            )
     signature, example = _signature_and_example(model, clip)
     metadata = {"octvideo": model_metadata(model.model_name, build_kwargs, label_map, clip)}
     with mlflow.start_run(run_id=run_id):
@@ -109,6 +121,7 @@ def register_model(
         )
     version = str(info.registered_model_version)
     client.set_model_version_tag(registered_name, version, TOP1_TAG, repr(float(test_top1)))
+    client.set_model_version_tag(registered_name, version, STEP_TAG, str(global_step))
     client.set_registered_model_alias(registered_name, CANDIDATE, version)
     previous, previous_top1 = _champion(client, registered_name)
     aliases = [CANDIDATE]
@@ -139,4 +152,4 @@ def _champion(client: Any, name: str) -> tuple[Optional[str], Optional[float]]:
     return str(version.version), None if top1 is None else float(top1)
 
 
-__all__ = ["CANDIDATE", "CHAMPION", "Registration", "TOP1_TAG", "model_metadata", "register_model"]
+__all__ = ["CANDIDATE", "CHAMPION", "Registration", "STEP_TAG", "TOP1_TAG", "model_metadata", "register_model"]

@@ -197,21 +197,24 @@ def test_registry_aliases_follow_test_top1(sqlite_uri):
         num_frames=4, sampling_rate=2, train_short_side=(32, 40), crop=32, eval_short_side=32, eval_crop=32
     )
 
-    def register(top1: float):
+    def register(top1: float, step: int):
         model = build_model("oct_i3d_r18", width=8, num_classes=4)
         return register_model(
             model, tracking_uri=sqlite_uri, registered_name="toy", run_id=run_id,
             build_kwargs={"width": 8, "num_classes": 4}, label_map=dict(zip("abcd", range(4))), clip=clip,
-            test_top1=top1,
+            test_top1=top1, global_step=step,
         )
 
-    first = register(0.5)
+    first = register(0.5, 10)
     assert first.version == "1" and first.aliases == [CANDIDATE, CHAMPION] and first.previous_champion is None
-    worse = register(0.3)
+    worse = register(0.3, 20)
     assert worse.aliases == [CANDIDATE] and (worse.previous_champion, worse.previous_champion_top1) == ("1", 0.5)
     assert str(client.get_model_version_by_alias("toy", CHAMPION).version) == "1"
     assert str(client.get_model_version_by_alias("toy", CANDIDATE).version) == "2"
-    better = register(0.7)
+    better = register(0.7, 30)
     assert better.promoted and (better.previous_champion, better.previous_champion_top1) == ("1", 0.5)
     assert str(client.get_model_version_by_alias("toy", CHAMPION).version) == "3"
+    again = register(0.7, 30)  # the same run at the same step: a finished run submitted again
+    assert (again.version, sorted(again.aliases)) == ("3", [CANDIDATE, CHAMPION])
+    assert len(client.search_model_versions("name = 'toy'")) == 3
     assert np.isclose(client.get_run(run_id).data.metrics["test/top1"], 0.7)
