@@ -34,8 +34,9 @@ from octvideo.train.tracking import Tracker, start_tracker
 
 logger = logging.getLogger(__name__)
 
-#: Metrics drawn in the run's training-curves figure.
-CURVES = ("loss", "lr", "epoch/val_clip_top1", "epoch/val_video_top1", "clips_per_s", "data_wait_share")
+#: Metrics drawn against the step, and against the epoch, in the run's two training-curve figures.
+STEP_CURVES = ("loss", "lr", "clips_per_s", "data_wait_share")
+EPOCH_CURVES = ("epoch/val_clip_top1", "epoch/val_clip_top5", "epoch/val_video_top1", "epoch/val_video_top5")
 
 
 @dataclass
@@ -142,7 +143,8 @@ def run_job(job: PreparedJob) -> JobResult:
     except BaseException:
         tracker.close("FAILED")
         raise
-    tracker.log_training_curves(CURVES)
+    tracker.log_training_curves(STEP_CURVES)
+    tracker.log_training_curves(EPOCH_CURVES, "plots/epoch_curves.png", x_label="epoch")
     registration = _register(job, state, result.metrics or {})
     tracker.close()
     logger.info("run %s done: %s; weights at %s", config.checkpoint.name, result.metrics, weights)

@@ -150,7 +150,9 @@ class Tracker(Protocol):
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None: ...
     def log_epoch_metrics(self, metrics: Mapping[str, float], epoch: int) -> None: ...
     def log_figure(self, figure: Any, artifact_file: str) -> None: ...
-    def log_training_curves(self, keys: Sequence[str], artifact_file: str = "plots/training_curves.png") -> None: ...
+    def log_training_curves(
+        self, keys: Sequence[str], artifact_file: str = "plots/training_curves.png", x_label: str = "step"
+    ) -> None: ...
     def register_model(self, model: Any, registered_name: str, **details: Any) -> Optional[Registration]: ...
     def flush(self, timeout_sec: float = 60.0) -> int: ...
     def close(self, status: str = "FINISHED") -> None: ...
@@ -179,7 +181,9 @@ class NullTracker:
     def log_figure(self, figure: Any, artifact_file: str) -> None:
         pass
 
-    def log_training_curves(self, keys: Sequence[str], artifact_file: str = "plots/training_curves.png") -> None:
+    def log_training_curves(
+        self, keys: Sequence[str], artifact_file: str = "plots/training_curves.png", x_label: str = "step"
+    ) -> None:
         pass
 
     def register_model(self, model: Any, registered_name: str, **details: Any) -> Optional[Registration]:
@@ -297,9 +301,11 @@ class MLflowTracker:
         except Exception as err:  # plots are not worth stopping training for
             log.warning("could not log %s to MLflow: %s", artifact_file, err)
 
-    def log_training_curves(self, keys: Sequence[str], artifact_file: str = "plots/training_curves.png") -> None:
+    def log_training_curves(
+        self, keys: Sequence[str], artifact_file: str = "plots/training_curves.png", x_label: str = "step"
+    ) -> None:
         """One figure of the run's recorded history of each metric in ``keys`` (those it has),
-        against the step: the whole run, across restarts, as MLflow holds it."""
+        against its step (``x_label``): the whole run, across restarts, as MLflow holds it."""
         self.flush()
         curves = {}
         try:
@@ -312,7 +318,7 @@ class MLflowTracker:
             log.warning("could not read the metric history of MLflow run %s: %s", self.run_id, err)
             return
         if curves:
-            self.log_figure(plot_training_curves(curves), artifact_file)
+            self.log_figure(plot_training_curves(curves, x_label), artifact_file)
 
     def register_model(self, model: Any, registered_name: str, **details: Any) -> Optional[Registration]:
         """Log ``model`` to this run and register it (:func:`octvideo.train.registry.register_model`

@@ -102,7 +102,7 @@ def test_zero2_job_tracks_registers_and_predicts(stack: LocalStack) -> None:
         assert key in run.data.metrics, key
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     artifacts |= {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
-    assert {"config.yaml", "label_map.json", "plots/training_curves.png", "plots/test_confusion_matrix.png",
+    assert {"config.yaml", "label_map.json", "plots/training_curves.png", "plots/epoch_curves.png", "plots/test_confusion_matrix.png",
             "plots/test_per_class_accuracy.png"} <= artifacts
 
     version = client.get_model_version_by_alias("tiny", CANDIDATE)
