@@ -24,7 +24,7 @@ import ray.train
 import torch
 from ray.train.torch import TorchTrainer
 
-from octvideo.data import load_manifest
+from octvideo.data import load_manifest, model_input
 from octvideo.profile import profile_model
 from octvideo.train.checkpoint import consolidated_state_dict, run_storage, write_fp32_weights
 from octvideo.train.config import ConfigError, ExperimentConfig, config_to_dict
@@ -95,7 +95,8 @@ def prepare_job(config: ExperimentConfig, tracker: Optional[Tracker] = None) -> 
     tracker.log_label_map(label_map)
     model = build_network(config.model, job.num_classes)
     clip = config.data.clip
-    size = profile_model(model, model.example_input(frames=clip.num_frames, size=clip.crop))
+    one_clip = torch.zeros(1, 3, clip.num_frames, clip.crop, clip.crop, dtype=torch.uint8)  # as the loader gives it
+    size = profile_model(model, model_input(one_clip, getattr(model, "speed_ratio", None)))
     tracker.log_model_size(size.total_macs, size.total_params)
     return job
 
