@@ -25,6 +25,7 @@ import torch
 from ray.train.torch import TorchTrainer
 
 from octvideo.data import load_manifest, model_input
+from octvideo.models import build_model
 from octvideo.profile import profile_model
 from octvideo.train.checkpoint import consolidated_state_dict, run_storage, write_fp32_weights
 from octvideo.train.config import ConfigError, ExperimentConfig, config_to_dict
@@ -160,7 +161,7 @@ def _register(job: PreparedJob, state: dict[str, torch.Tensor], metrics: dict) -
         logger.warning("not registering %s: the run's last report has no test accuracy", name)
         return None
     options = network_options(job.config.model, job.num_classes)
-    model = build_network(job.config.model, job.num_classes)
+    model = build_model(job.config.model.name, **options)
     model.load_state_dict(state)
     return job.tracker.register_model(
         model, name, build_kwargs=options, label_map=job.label_map, clip=job.config.data.clip,

@@ -53,14 +53,16 @@ def experiment(
 @pytest.fixture(scope="module")
 def stack():
     stack = LocalStack()
-    try:
-        stack.up()
-        env = stack.env
-        os.environ.update({k: v for k, v in env.items() if k.startswith("AWS_")})  # for this process's fsspec
-        write_synthetic_kinetics(DATA, classes=3, videos_per_class=4, duration=1.5, width=64, height=48)
-        yield stack
-    finally:
-        stack.remove()
+    with pytest.MonkeyPatch.context() as environment:
+        try:
+            stack.up()
+            for key, value in stack.env.items():  # this process's fsspec reaches the stack's S3 too
+                if key.startswith("AWS_"):
+                    environment.setenv(key, value)
+            write_synthetic_kinetics(DATA, classes=3, videos_per_class=4, duration=1.5, width=64, height=48)
+            yield stack
+        finally:
+            stack.remove()
 
 
 def write_config(name: str, config: dict) -> str:
