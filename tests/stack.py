@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -54,14 +55,27 @@ class LocalStack:
     def client_env(self) -> dict[str, str]:
         return {**self.base_env, **self.env}
 
-    def script(self, name: str) -> subprocess.CompletedProcess:
+    def script(self, name: str, *args: str) -> subprocess.CompletedProcess:
         env = {**self.base_env, "OCTVIDEO_STACK_DIR": str(self.folder), "OCTVIDEO_BIN": str(BIN)}
         env.update({f"OCTVIDEO_{name}_PORT": str(port) for name, port in self.ports.items()})
-        return subprocess.run([str(ROOT / "cluster/local" / name)], env=env, capture_output=True, text=True, timeout=120)
+        return subprocess.run([str(ROOT / "cluster/local" / name), *args], env=env, capture_output=True, text=True, timeout=120)
 
     def up(self) -> None:
         started = self.script("up.sh")
         assert started.returncode == 0, started.stdout + started.stderr
+
+    def add_node(self, cpus: int) -> tuple[str, str]:
+        """Join another Ray node with ``cpus`` CPUs (``add-node.sh``); its name and Ray node id."""
+        added = self.script("add-node.sh", str(cpus))
+        assert added.returncode == 0, added.stdout + added.stderr
+        name, node_id = added.stdout.split()
+        return name, node_id
+
+    def kill_node(self, name: str) -> None:
+        """SIGKILL every process of node ``name`` (its raylet, agents and workers) at once, as
+        when a machine is preempted."""
+        leader = int((self.folder / f"{name}.pid").read_text())
+        os.killpg(leader, signal.SIGKILL)
 
     def remove(self) -> None:
         """Stop the stack (if up) and delete its folder."""

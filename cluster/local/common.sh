@@ -9,7 +9,7 @@ STACK=${OCTVIDEO_STACK_DIR:-$ROOT/.stack}
 pid_of() {
   local pid command
   pid=$(cat "$STACK/$1.pid" 2>/dev/null) || return 1
-  case $1 in s3) command=moto_server ;; mlflow) command="mlflow server" ;; ray) command="ray start" ;; esac
+  case $1 in s3) command=moto_server ;; mlflow) command="mlflow server" ;; ray | node-*) command="ray start" ;; esac
   local pattern="^ *$pid .*$command"
   [[ $(ps -o sid=,args= -p "$pid" 2>/dev/null) =~ $pattern ]] && echo "$pid"
 }

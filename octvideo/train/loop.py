@@ -192,6 +192,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     )
     dtype = next(engine.module.parameters()).dtype  # the model's input dtype
     state = restore(engine)
+    logger.info(
+        "worker %d of %d on node %s (%s) starts at step %d",
+        rank, world_size, ray.get_runtime_context().get_node_id(), device, engine.global_steps,
+    )
 
     def report(metrics: dict[str, float], checkpoint_state: TrainState | None) -> None:
         epochs_done = state.epoch + state.batch_in_epoch / batches_per_epoch

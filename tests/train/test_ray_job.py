@@ -12,83 +12,22 @@ import signal
 import subprocess
 import threading
 import time
-from pathlib import Path
 
 import fsspec
-import psutil
 import pytest
-import yaml
-from mlflow.tracking import MlflowClient
 
-from octvideo.data import write_synthetic_kinetics
 from octvideo.train.registry import CANDIDATE, CHAMPION, TOP1_TAG
-from octvideo.train.tracking import RUN_NAME_TAG
+from tests.jobs import (
+    STEPS_PER_EPOCH, checkpoint_registered, experiment, stack_with_tiny_data, step_history, submit, tracked_run,
+    training_workers, wait_for, write_config,
+)
 from tests.stack import BIN, LocalStack
-
-DATA = "s3://octvideo-demo/tiny"
-STEPS_PER_EPOCH = 3  # 6 training videos, 2 workers, 1 clip per batch
-EXPERIMENT = "job-tests"
-
-
-def experiment(
-    name: str, *, epochs: int, zero_stage: int, precision: str = "fp32", every_steps: int = 2, max_failures: int = 0
-) -> dict:
-    return {
-        "model": {"name": "oct_i3d_r18", "alpha": 0.5, "width": 8, "dropout": 0.0},
-        "data": {
-            "train_manifest": f"{DATA}/train.csv", "val_manifest": f"{DATA}/val.csv", "test_manifest": f"{DATA}/test.csv",
-            "clip": {"num_frames": 4, "sampling_rate": 2, "train_short_side": [32, 40], "crop": 32,
-                     "eval_short_side": 32, "eval_crop": 32, "test_clips": 2, "test_crops": 1},
-            "workers": 0,
-        },
-        "optim": {"lr": 0.01, "epochs": epochs, "warmup_epochs": 0, "batch_size_per_worker": 1},
-        "deepspeed": {"zero_stage": zero_stage, "precision": precision},
-        "scaling": {"num_workers": 2, "cpus_per_worker": 1},
-        "checkpoint": {"storage_path": "s3://octvideo-demo/runs", "name": name, "every_steps": every_steps,
-                       "keep_last": 2, "max_failures": max_failures},
-        "tracking": {"experiment": EXPERIMENT, "registered_model_name": "tiny", "log_every_steps": 1},
-    }
 
 
 @pytest.fixture(scope="module")
 def stack():
-    stack = LocalStack()
-    with pytest.MonkeyPatch.context() as environment:
-        try:
-            stack.up()
-            for key, value in stack.env.items():  # this process's fsspec reaches the stack's S3 too
-                if key.startswith("AWS_"):
-                    environment.setenv(key, value)
-            write_synthetic_kinetics(DATA, classes=3, videos_per_class=4, duration=1.5, width=64, height=48)
-            yield stack
-        finally:
-            stack.remove()
-
-
-def write_config(name: str, config: dict) -> str:
-    url = f"s3://octvideo-demo/configs/{name}.yaml"
-    with fsspec.open(url, "w") as f:
-        yaml.safe_dump(config, f)
-    return url
-
-
-def submit(stack: LocalStack, config_url: str, *overrides: str) -> subprocess.CompletedProcess:
-    args = [item for override in overrides for item in ("--set", override)]
-    job = stack.submit("python", "pipelines/kinetics.py", "--config", config_url, *args)
-    assert job.returncode == 0, job.stdout[-6000:] + job.stderr[-3000:]
-    return job
-
-
-def tracked_run(stack: LocalStack, name: str):
-    client = MlflowClient(stack.env["MLFLOW_TRACKING_URI"])
-    experiment = client.get_experiment_by_name(EXPERIMENT)
-    runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.`{RUN_NAME_TAG}` = '{name}'")
-    assert len(runs) == 1, f"{len(runs)} MLflow runs named {name}"
-    return client, runs[0]
-
-
-def step_history(client: MlflowClient, run_id: str) -> list[int]:
-    return [int(m.value) for m in sorted(client.get_metric_history(run_id, "global_step"), key=lambda m: m.timestamp)]
+    with stack_with_tiny_data() as stack:
+        yield stack
 
 
 def test_zero2_job_tracks_registers_and_predicts(stack: LocalStack) -> None:
@@ -145,18 +84,6 @@ def test_resubmitting_resumes_the_run_and_moves_the_candidate(stack: LocalStack)
     assert client.get_model_version_by_alias("tiny", CHAMPION).version == expected_champion
 
 
-def training_workers(job_started: float) -> list[psutil.Process]:
-    """The Ray Train worker actors (not their DataLoader children) started after ``job_started``."""
-    found = []
-    for process in psutil.process_iter(["cmdline", "create_time"]):
-        cmdline = process.info["cmdline"] or []
-        if cmdline and cmdline[0].startswith("ray::RayTrainWorker") and process.info["create_time"] >= job_started:
-            parent = process.parent()
-            if parent is None or not (parent.cmdline() or [""])[0].startswith("ray::RayTrainWorker"):
-                found.append(process)
-    return found
-
-
 def test_zero3_bf16_worker_killed_mid_run_resumes_from_checkpoint(stack: LocalStack) -> None:
     """SIGKILL one worker once a checkpoint is registered: Ray Train replaces the worker group, which loads
     the checkpoint and goes on from its step; the run ends at the same step count as an
@@ -166,19 +93,10 @@ def test_zero3_bf16_worker_killed_mid_run_resumes_from_checkpoint(stack: LocalSt
     killed: list[int] = []
 
     def kill_after_first_checkpoint() -> None:
-        fs = fsspec.filesystem("s3")
-        deadline = time.monotonic() + 400
-        while time.monotonic() < deadline:
-            fs.invalidate_cache()
-            # Ray Train writes its snapshot once it has registered a reported checkpoint (files
-            # alone may belong to a report still under way).
-            if fs.exists("octvideo-demo/runs/zero3/checkpoint_manager_snapshot.json"):
-                workers = training_workers(started)
-                if workers:
-                    os.kill(workers[0].pid, signal.SIGKILL)
-                    killed.append(workers[0].pid)
-                    return
-            time.sleep(0.5)
+        if wait_for(lambda: checkpoint_registered("zero3") and training_workers(started), timeout=400):
+            worker = training_workers(started)[0]
+            os.kill(worker.pid, signal.SIGKILL)
+            killed.append(worker.pid)
 
     killer = threading.Thread(target=kill_after_first_checkpoint, daemon=True)
     killer.start()

@@ -1,0 +1,119 @@
+"""Training jobs on the local stack, as users submit them: a tiny experiment config, a stack with a
+tiny synthetic Kinetics in its S3, ``ray job submit`` of the pipeline, and the MLflow run read back."""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import time
+from collections.abc import Iterator
+
+import fsspec
+import psutil
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from octvideo.data import write_synthetic_kinetics
+from octvideo.train.tracking import RUN_NAME_TAG
+from tests.stack import LocalStack
+
+DATA = "s3://octvideo-demo/tiny"
+STEPS_PER_EPOCH = 3  # 6 training videos, 2 workers, 1 clip per batch
+EXPERIMENT = "job-tests"
+
+
+def experiment(
+    name: str, *, epochs: int, zero_stage: int, precision: str = "fp32", every_steps: int = 2, max_failures: int = 0
+) -> dict:
+    """A config small enough for CPU workers: Oct-I3D-R18 of width 8 on 4 frames of 32 px."""
+    return {
+        "model": {"name": "oct_i3d_r18", "alpha": 0.5, "width": 8, "dropout": 0.0},
+        "data": {
+            "train_manifest": f"{DATA}/train.csv", "val_manifest": f"{DATA}/val.csv", "test_manifest": f"{DATA}/test.csv",
+            "clip": {"num_frames": 4, "sampling_rate": 2, "train_short_side": [32, 40], "crop": 32,
+                     "eval_short_side": 32, "eval_crop": 32, "test_clips": 2, "test_crops": 1},
+            "workers": 0,
+        },
+        "optim": {"lr": 0.01, "epochs": epochs, "warmup_epochs": 0, "batch_size_per_worker": 1},
+        "deepspeed": {"zero_stage": zero_stage, "precision": precision},
+        "scaling": {"num_workers": 2, "cpus_per_worker": 1},
+        "checkpoint": {"storage_path": "s3://octvideo-demo/runs", "name": name, "every_steps": every_steps,
+                       "keep_last": 2, "max_failures": max_failures},
+        "tracking": {"experiment": EXPERIMENT, "registered_model_name": "tiny", "log_every_steps": 1},
+    }
+
+
+@contextlib.contextmanager
+def stack_with_tiny_data() -> Iterator[LocalStack]:
+    """A local stack with 3 classes x 4 synthetic videos under :data:`DATA`; this process's fsspec
+    reaches its S3 while it is up."""
+    stack = LocalStack()
+    with pytest.MonkeyPatch.context() as environment:
+        try:
+            stack.up()
+            for key, value in stack.env.items():
+                if key.startswith("AWS_"):
+                    environment.setenv(key, value)
+            write_synthetic_kinetics(DATA, classes=3, videos_per_class=4, duration=1.5, width=64, height=48)
+            yield stack
+        finally:
+            stack.remove()
+
+
+def write_config(name: str, config: dict) -> str:
+    url = f"s3://octvideo-demo/configs/{name}.yaml"
+    with fsspec.open(url, "w") as f:
+        yaml.safe_dump(config, f)
+    return url
+
+
+def submit(stack: LocalStack, config_url: str, *overrides: str) -> subprocess.CompletedProcess:
+    """Submit the pipeline with ``config_url`` and ``--set`` overrides; assert it succeeded."""
+    args = [item for override in overrides for item in ("--set", override)]
+    job = stack.submit("python", "pipelines/kinetics.py", "--config", config_url, *args)
+    assert job.returncode == 0, job.stdout[-6000:] + job.stderr[-3000:]
+    return job
+
+
+def tracked_run(stack: LocalStack, name: str):
+    """The MLflow client and the one run named ``name``."""
+    client = MlflowClient(stack.env["MLFLOW_TRACKING_URI"])
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.`{RUN_NAME_TAG}` = '{name}'")
+    assert len(runs) == 1, f"{len(runs)} MLflow runs named {name}"
+    return client, runs[0]
+
+
+def step_history(client: MlflowClient, run_id: str) -> list[int]:
+    """The run's ``global_step`` values in the order they were logged."""
+    return [int(m.value) for m in sorted(client.get_metric_history(run_id, "global_step"), key=lambda m: m.timestamp)]
+
+
+def checkpoint_registered(run_name: str) -> bool:
+    """Whether Ray Train has registered a reported checkpoint of the run: it writes its snapshot then
+    (files alone may belong to a report still under way)."""
+    fs = fsspec.filesystem("s3")
+    fs.invalidate_cache()
+    return fs.exists(f"octvideo-demo/runs/{run_name}/checkpoint_manager_snapshot.json")
+
+
+def wait_for(condition, timeout: float, poll: float = 0.5) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(poll)
+    return False
+
+
+def training_workers(job_started: float) -> list[psutil.Process]:
+    """The Ray Train worker actors (not their DataLoader children) started after ``job_started``."""
+    found = []
+    for process in psutil.process_iter(["cmdline", "create_time"]):
+        cmdline = process.info["cmdline"] or []
+        if cmdline and cmdline[0].startswith("ray::RayTrainWorker") and process.info["create_time"] >= job_started:
+            parent = process.parent()
+            if parent is None or not (parent.cmdline() or [""])[0].startswith("ray::RayTrainWorker"):
+                found.append(process)
+    return found
