@@ -40,11 +40,11 @@ def _add_profile(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("profile", help="parameters, MACs and activation memory of a model, against alpha = 0")
     p.add_argument("--model", required=True, help="registered model name (see --list)")
     p.add_argument("--alpha", type=float, default=0.5)
-    p.add_argument("--frames", type=int, default=8, help="input frames (slow-pathway frames for SlowFast)")
-    p.add_argument("--size", type=int, default=224, help="input height and width")
+    p.add_argument("--frames", type=_positive_int, default=8, help="input frames (slow-pathway frames for SlowFast)")
+    p.add_argument("--size", type=_positive_int, default=224, help="input height and width")
     p.add_argument("--octave-pool", type=_int_tuple, default=None, help="e.g. 1,2,2 (spatial) or 2,2,2")
-    p.add_argument("--num-classes", type=int, default=None)
-    p.add_argument("--width", type=int, default=None, help="base channel width (default: the model's)")
+    p.add_argument("--num-classes", type=_positive_int, default=None)
+    p.add_argument("--width", type=_positive_int, default=None, help="base channel width (default: the model's)")
     p.add_argument("--layers", action="store_true", help="also print every layer")
     p.set_defaults(run=_run_profile)
 
@@ -236,8 +236,12 @@ def _run_synth(args: argparse.Namespace) -> int:
 
 def _video_urls(args: argparse.Namespace) -> list[str]:
     from octvideo.data.manifest import load_manifest
+    from octvideo.data.storage import storage_error_message, storage_errors
 
-    manifest = load_manifest(args.manifest, args.root, args.split, storage_options(args.storage_options))
+    try:
+        manifest = load_manifest(args.manifest, args.root, args.split, storage_options(args.storage_options))
+    except storage_errors() as err:  # no credentials, no endpoint, access denied: name the manifest
+        raise ValueError(storage_error_message(args.manifest, err)) from None
     return [entry.url for entry in manifest]
 
 
@@ -344,10 +348,11 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_predict(args: argparse.Namespace) -> int:
-    from octvideo.data import VideoDecodeError
     from octvideo.predict import load_registered_model, predict_video
 
     loaded = load_registered_model(args.model, args.tracking_uri)
+    from octvideo.data import VideoDecodeError  # torch and the data path: once there is a model to run
+
     options = storage_options(args.storage_options)
     failed = 0
     for url in args.videos:
@@ -375,15 +380,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _storage_errors() -> tuple[type[BaseException], ...]:
+    """Errors of a store that cannot be read (imported, with the data path, once one happens)."""
+    from octvideo.data.storage import storage_errors
+
+    return storage_errors()
+
+
+def _user_error(args: argparse.Namespace, err: BaseException) -> int:
+    """One line on stderr (``-v`` adds the stack), exit status 2."""
+    logging.getLogger("octvideo").debug("%s failed", args.command, exc_info=True)
+    command = " ".join(filter(None, (args.command, getattr(args, "data_command", None))))
+    print(f"octvideo {command}: error: {err}", file=sys.stderr)
+    return 2
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
-    try:
+    # Our progress at INFO; libraries (botocore, alembic, ...) only when something is wrong, or with -v.
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    logging.getLogger("octvideo").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    try:  # user errors (values, paths, storage): one line, no stack trace
         return args.run(args)
-    except (ValueError, OSError) as err:  # user errors (values, paths, storage): one line, no stack trace
-        command = " ".join(filter(None, (args.command, getattr(args, "data_command", None))))
-        print(f"octvideo {command}: error: {err}", file=sys.stderr)
-        return 2
+    except ValueError as err:
+        return _user_error(args, err)
+    except _storage_errors() as err:
+        return _user_error(args, err)
 
 
 if __name__ == "__main__":

@@ -8,21 +8,17 @@ softmax of the views is averaged.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from typing import Any, List, Mapping, Optional, Tuple
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, List, Mapping, Optional, Tuple
+from urllib.error import HTTPError, URLError
+from urllib.request import urlopen
 
-import torch
-from torch import nn
-
-from octvideo.data import (
-    ClipSpec,
-    EvalTransform,
-    decode_clips,
-    model_input,
-    multiview_plans,
-    probe_video,
-)
 from octvideo.train.config import ClipConfig
+
+if TYPE_CHECKING:  # torch and the data path are imported once a model is found: a wrong --model fails fast
+    from torch import nn
 
 
 @dataclass
@@ -40,19 +36,76 @@ class LoadedModel:
         return getattr(self.model, "speed_ratio", None)
 
 
-def load_registered_model(model_uri: str, tracking_uri: Optional[str] = None) -> LoadedModel:
-    """Load ``models:/NAME@ALIAS`` (or ``models:/NAME/VERSION``) as registered by
-    :func:`octvideo.train.registry.register_model`; ValueError when it cannot be."""
-    import mlflow
-    import mlflow.pytorch
+_MODEL_URI = re.compile(r"models:/(?P<name>[^/@]+)(@[^/@]+|/[^/@]+)")
+#: Registered model names listed when the one asked for is not there.
+SHOWN_NAMES = 10
+
+
+def _check_store(uri: str) -> None:
+    """ValueError at once for a store that is not there: a SQLite file that does not exist (MLflow
+    would create an empty one) or a server that does not answer (MLflow would retry for minutes)."""
+    where = "set the tracking URI the model was registered in (--tracking-uri or MLFLOW_TRACKING_URI)"
+    if uri.startswith("sqlite:///") and uri != "sqlite:///:memory:":
+        path = Path(uri[len("sqlite:///"):])
+        if not path.is_file():
+            raise ValueError(f"no MLflow store at {uri} (the file does not exist); {where}")
+    elif uri.startswith(("http://", "https://")):
+        from octvideo.train.tracking import REQUEST_TIMEOUT_SEC
+
+        try:
+            urlopen(f"{uri.rstrip('/')}/health", timeout=REQUEST_TIMEOUT_SEC).close()
+        except HTTPError:
+            pass  # it answers; MLflow will say what it thinks of the request
+        except (URLError, OSError) as err:
+            raise ValueError(f"MLflow tracking server {uri} does not answer ({getattr(err, 'reason', err)}); {where}") from None
+
+
+def _registered_hint(client: Any, name: str) -> str:
+    """What the store holds instead: ``NAME``'s aliases and versions, else the registered names."""
     from mlflow.exceptions import MlflowException
 
+    try:
+        try:
+            model = client.get_registered_model(name)
+        except MlflowException:
+            names = sorted(m.name for m in client.search_registered_models(max_results=SHOWN_NAMES + 1))
+            more = ", ..." if len(names) > SHOWN_NAMES else ""
+            return f"; registered models there: {', '.join(names[:SHOWN_NAMES])}{more}" if names else "; no model is registered there"
+        versions = sorted((v.version for v in client.search_model_versions(f"name = '{name}'")), key=int)
+    except MlflowException:
+        return ""
+    aliases = ", ".join(f"@{alias}" for alias in sorted(model.aliases))
+    return f"; {name} has aliases {aliases or '(none)'} and versions {', '.join(map(str, versions)) or '(none)'}"
+
+
+def load_registered_model(model_uri: str, tracking_uri: Optional[str] = None) -> LoadedModel:
+    """Load ``models:/NAME@ALIAS`` (or ``models:/NAME/VERSION``) as registered by
+    :func:`octvideo.train.registry.register_model`; ValueError when it cannot be, saying what the
+    store holds instead."""
+    match = _MODEL_URI.fullmatch(model_uri)
+    if match is None:
+        raise ValueError(
+            f"{model_uri!r} does not name a registered model: use models:/NAME@ALIAS or models:/NAME/VERSION, "
+            "e.g. models:/kinetics@champion"
+        )
     from octvideo.train.tracking import resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri)
+    _check_store(uri)
+
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
     mlflow.set_tracking_uri(uri)
     try:
         info = mlflow.models.get_model_info(model_uri)
+    except MlflowException as err:
+        hint = _registered_hint(MlflowClient(uri), match["name"])
+        raise ValueError(f"cannot load {model_uri} from {uri}: {err.message.rstrip('.')}{hint}") from None
+    import mlflow.pytorch  # torch: only once the model is known to be there
+
+    try:
         model = mlflow.pytorch.load_model(model_uri, map_location="cpu")
     except MlflowException as err:
         raise ValueError(f"cannot load {model_uri} from {uri}: {err.message}") from None
@@ -75,6 +128,10 @@ def predict_video(
     """The ``top_k`` (class name, probability) of one video, most likely first. ``num_clips`` /
     ``num_crops`` default to the model's test settings. Raises VideoDecodeError for a video
     that cannot be read."""
+    import torch
+
+    from octvideo.data import ClipSpec, EvalTransform, decode_clips, model_input, multiview_plans, probe_video
+
     clip = loaded.clip
     spec = ClipSpec(clip.num_frames, clip.sampling_rate, clip.target_fps)
     duration = probe_video(url, storage_options).duration_sec

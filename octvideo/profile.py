@@ -171,4 +171,12 @@ def profile_by_name(
     model = build_model(name, alpha=alpha, **model_kwargs)
     plain = build_model(name, alpha=0.0, **model_kwargs)
     inputs = model.example_input(frames=frames, size=size)
-    return profile_model(model, inputs), profile_model(plain, inputs)
+    try:
+        return profile_model(model, inputs), profile_model(plain, inputs)
+    except RuntimeError as error:  # a shape error: the input is too small for the network's strides
+        reason = str(error).strip().splitlines()[0]
+        pool = f", octave_pool {model_kwargs['octave_pool']}" if "octave_pool" in model_kwargs else ""
+        raise ValueError(
+            f"{name} (alpha {alpha}{pool}) cannot run on a {frames}-frame {size}x{size} input: {reason}; "
+            "try more frames or a larger size"
+        ) from None

@@ -4,9 +4,12 @@
     python pipelines/kinetics.py --config configs/demo.yaml --set optim.epochs=2   # starts a local Ray
 
 ``--set`` overrides a dotted key of the YAML (repeatable; values parsed as YAML). A bad
-configuration, unreadable training data or an unreachable tracking server fail before any
-cluster work, with one line on stderr and exit status 2. Running the same ``checkpoint.name``
-again resumes the run (and its MLflow run).
+configuration, a missing manifest, unreadable training data or an unreachable tracking server
+fail before any cluster work, with one line on stderr and exit status 2 (the configuration and
+the manifests' URLs are checked first, within a second). A run that fails in training (its
+workers' failures past ``checkpoint.max_failures``) ends with one line naming the first worker's
+error, and exit status 1. Running the same ``checkpoint.name`` again resumes the run (and its
+MLflow run).
 """
 
 from __future__ import annotations
@@ -16,11 +19,19 @@ import logging
 import sys
 from collections.abc import Sequence
 
-import ray
+from octvideo.train.config import ConfigError, check_manifests, check_supported, load_config
 
-from octvideo.train.config import ConfigError, load_config
-from octvideo.train.job import prepare_job, run_job
-from octvideo.train.tracking import TrackingUnavailable
+
+def _one_line(message: str) -> str:
+    """A headline and indented problems as one line."""
+    headline, *problems = (line.strip() for line in message.splitlines() if line.strip())
+    return " ".join([headline, "; ".join(problems)]).strip()
+
+
+def _fail(prog: str, error: Exception) -> int:
+    """Print ``error`` as one line on stderr; exit status 2."""
+    print(f"{prog}: error: {_one_line(str(error))}", file=sys.stderr)
+    return 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -31,15 +42,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a dotted config key, e.g. --set optim.lr=0.01 (repeatable)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Our progress at INFO; libraries (botocore, alembic, ...) only when something is wrong.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name in ("octvideo", parser.prog):
+        logging.getLogger(name).setLevel(logging.INFO)
+    try:  # before importing torch, DeepSpeed and Ray: a typo or a wrong URL fails in a second
+        config = load_config(args.config, args.overrides)
+        check_supported(config)
+        check_manifests(config)
+    except ConfigError as error:
+        return _fail(parser.prog, error)
+
+    import ray
+    import ray.train
+
+    from octvideo.train.job import prepare_job, run_job, training_failure
+    from octvideo.train.tracking import TrackingUnavailable
+
     try:
-        job = prepare_job(load_config(args.config, args.overrides))
+        job = prepare_job(config)
     except (ConfigError, TrackingUnavailable) as error:
-        headline, *problems = (line.strip() for line in str(error).splitlines() if line.strip())
-        print(f"{parser.prog}: error: {' '.join([headline, '; '.join(problems)]).strip()}", file=sys.stderr)
-        return 2
+        return _fail(parser.prog, error)
     ray.init()  # joins the cluster of RAY_ADDRESS (as under `ray job submit`), else starts a local one
-    outcome = run_job(job)
+    try:
+        outcome = run_job(job)
+    except ray.train.TrainingFailedError as error:  # the workers' tracebacks are in the log above
+        print(f"{parser.prog}: error: {_one_line(training_failure(error))}", file=sys.stderr)
+        return 1
     log = logging.getLogger(parser.prog)
     log.info("final metrics %s", outcome.result.metrics)
     log.info("fp32 weights: %s", outcome.weights_path)

@@ -4,9 +4,11 @@ tiny synthetic Kinetics in its S3, ``ray job submit`` of the pipeline, and the M
 from __future__ import annotations
 
 import contextlib
+import re
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import fsspec
 import psutil
@@ -21,10 +23,11 @@ from tests.stack import LocalStack
 DATA = "s3://octvideo-demo/tiny"
 STEPS_PER_EPOCH = 3  # 6 training videos, 2 workers, 1 clip per batch
 EXPERIMENT = "job-tests"
+_WORKER_START = re.compile(r"worker (\d+) of \d+ on node ([0-9a-f]+) \((\w+)\) starts at step (\d+)")
 
 
 def experiment(
-    name: str, *, epochs: int, zero_stage: int, precision: str = "fp32", every_steps: int = 2, max_failures: int = 0
+    name: str, *, epochs: int, zero_stage: int, precision: str = "fp32", every_steps: int | None = 2, max_failures: int = 0
 ) -> dict:
     """A config small enough for CPU workers: Oct-I3D-R18 of width 8 on 4 frames of 32 px."""
     return {
@@ -45,20 +48,23 @@ def experiment(
 
 
 @contextlib.contextmanager
-def stack_with_tiny_data() -> Iterator[LocalStack]:
-    """A local stack with 3 classes x 4 synthetic videos under :data:`DATA`; this process's fsspec
-    reaches its S3 while it is up."""
-    stack = LocalStack()
+def stack_with_tiny_data(credentials: dict[str, str] | None = None) -> Iterator[LocalStack]:
+    """A local stack (started with ``credentials`` in its environment, if given) with 3 classes x
+    4 synthetic videos under :data:`DATA`; this process's fsspec reaches its S3 while it is up."""
+    stack = LocalStack(credentials=credentials or {})
+    s3 = fsspec.get_filesystem_class("s3")
     with pytest.MonkeyPatch.context() as environment:
         try:
             stack.up()
             for key, value in stack.env.items():
                 if key.startswith("AWS_"):
                     environment.setenv(key, value)
+            s3.clear_instance_cache()  # an S3 filesystem made for another endpoint would be reused
             write_synthetic_kinetics(DATA, classes=3, videos_per_class=4, duration=1.5, width=64, height=48)
             yield stack
         finally:
             stack.remove()
+            s3.clear_instance_cache()
 
 
 def write_config(name: str, config: dict) -> str:
@@ -68,11 +74,15 @@ def write_config(name: str, config: dict) -> str:
     return url
 
 
-def submit(stack: LocalStack, config_url: str, *overrides: str) -> subprocess.CompletedProcess:
-    """Submit the pipeline with ``config_url`` and ``--set`` overrides; assert it succeeded."""
+def submit(
+    stack: LocalStack, config_url: str, *overrides: str, runtime_env: Path | None = None, succeed: bool = True
+) -> subprocess.CompletedProcess:
+    """Submit the pipeline with ``config_url`` and ``--set`` overrides (in the stack's runtime env,
+    or ``runtime_env``); unless ``succeed`` is false, assert that the job succeeded."""
     args = [item for override in overrides for item in ("--set", override)]
-    job = stack.submit("python", "pipelines/kinetics.py", "--config", config_url, *args)
-    assert job.returncode == 0, job.stdout[-6000:] + job.stderr[-3000:]
+    job = stack.submit("python", "pipelines/kinetics.py", "--config", config_url, *args, runtime_env=runtime_env)
+    if succeed:
+        assert job.returncode == 0, job.stdout[-6000:] + job.stderr[-3000:]
     return job
 
 
@@ -88,6 +98,11 @@ def tracked_run(stack: LocalStack, name: str):
 def step_history(client: MlflowClient, run_id: str) -> list[int]:
     """The run's ``global_step`` values in the order they were logged."""
     return [int(m.value) for m in sorted(client.get_metric_history(run_id, "global_step"), key=lambda m: m.timestamp)]
+
+
+def worker_starts(job_output: str) -> list[tuple[int, str, int]]:
+    """(rank, Ray node id, first step) of every training worker the job started, in order."""
+    return [(int(rank), node, int(step)) for rank, node, _, step in _WORKER_START.findall(job_output)]
 
 
 def checkpoint_registered(run_name: str) -> bool:

@@ -40,6 +40,7 @@ class LocalStack:
     # A short folder: Ray's unix sockets live under it, and their paths are limited to 107 bytes.
     folder: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="octvideo-stack-")))
     ports: dict[str, int] = field(default_factory=lambda: dict(zip(PORT_VARIABLES, free_ports(len(PORT_VARIABLES)))))
+    credentials: dict[str, str] = field(default_factory=dict)  # up.sh's OCTVIDEO_S3_* / OCTVIDEO_MLFLOW_TRACKING_TOKEN
 
     @property
     def base_env(self) -> dict[str, str]:
@@ -56,7 +57,7 @@ class LocalStack:
         return {**self.base_env, **self.env}
 
     def script(self, name: str, *args: str) -> subprocess.CompletedProcess:
-        env = {**self.base_env, "OCTVIDEO_STACK_DIR": str(self.folder), "OCTVIDEO_BIN": str(BIN)}
+        env = {**self.base_env, **self.credentials, "OCTVIDEO_STACK_DIR": str(self.folder), "OCTVIDEO_BIN": str(BIN)}
         env.update({f"OCTVIDEO_{name}_PORT": str(port) for name, port in self.ports.items()})
         return subprocess.run([str(ROOT / "cluster/local" / name), *args], env=env, capture_output=True, text=True, timeout=120)
 
@@ -82,11 +83,11 @@ class LocalStack:
         self.script("down.sh")
         shutil.rmtree(self.folder, ignore_errors=True)
 
-    def submit(self, *command: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    def submit(self, *command: str, runtime_env: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
         """``ray job submit`` of ``command`` with the repository as working dir and the stack's
-        runtime env; waits for the job and returns its output."""
+        runtime env (or ``runtime_env``); waits for the job and returns its output."""
         return subprocess.run(
             [str(BIN / "ray"), "job", "submit", "--working-dir", str(ROOT),
-             "--runtime-env", str(self.folder / "runtime_env.yaml"), "--", *command],
+             "--runtime-env", str(runtime_env or self.folder / "runtime_env.yaml"), "--", *command],
             env=self.client_env, capture_output=True, text=True, timeout=timeout,
         )

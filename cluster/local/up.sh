@@ -16,6 +16,12 @@ AGENT_PORT=${OCTVIDEO_RAY_AGENT_PORT:-52365}         # dashboard agent
 RAY_CPUS=${OCTVIDEO_RAY_CPUS:-2}
 BUCKET=octvideo-demo
 TOKEN=$STACK/ray_auth_token
+# The stack's S3 credentials (moto takes any; default "testing") and an optional MLflow token
+# reach the Ray processes, and through them every job, from their environment: never through the
+# runtime env, whose env_vars Ray writes to runtime_env_agent.log. Your own AWS_* are not used.
+export AWS_ACCESS_KEY_ID=${OCTVIDEO_S3_ACCESS_KEY_ID:-testing}
+export AWS_SECRET_ACCESS_KEY=${OCTVIDEO_S3_SECRET_ACCESS_KEY:-testing}
+if [[ -n ${OCTVIDEO_MLFLOW_TRACKING_TOKEN:-} ]]; then export MLFLOW_TRACKING_TOKEN=$OCTVIDEO_MLFLOW_TRACKING_TOKEN; else unset MLFLOW_TRACKING_TOKEN; fi
 
 alive() { pid_of "$1" >/dev/null; }
 
@@ -78,24 +84,25 @@ wait_for ray "http://127.0.0.1:$DASHBOARD_PORT/api/jobs/" -H "Authorization: Bea
 
 # For clients. RAY_ADDRESS is the GCS (ray.init, ray status); `ray job` takes
 # RAY_API_SERVER_ADDRESS first (an http:// RAY_ADDRESS would break ray.init and ray status).
-cat >"$STACK/env" <<ENV
+(umask 077 && cat >"$STACK/env" <<ENV
 export RAY_ADDRESS=127.0.0.1:$RAY_PORT
 export RAY_API_SERVER_ADDRESS=http://127.0.0.1:$DASHBOARD_PORT
 export RAY_AUTH_MODE=token
 export RAY_AUTH_TOKEN_PATH=$TOKEN
 export MLFLOW_TRACKING_URI=http://127.0.0.1:$MLFLOW_PORT
 export AWS_ENDPOINT_URL=http://127.0.0.1:$S3_PORT
-export AWS_ACCESS_KEY_ID=testing
-export AWS_SECRET_ACCESS_KEY=testing
+export AWS_ACCESS_KEY_ID=$AWS_ACCESS_KEY_ID
+export AWS_SECRET_ACCESS_KEY=$AWS_SECRET_ACCESS_KEY
 export AWS_DEFAULT_REGION=us-east-1
 ENV
-# For jobs: `ray job submit --runtime-env $STACK/runtime_env.yaml ...` reach the same services.
+)
+[[ -z ${MLFLOW_TRACKING_TOKEN:-} ]] || echo "export MLFLOW_TRACKING_TOKEN=$MLFLOW_TRACKING_TOKEN" >>"$STACK/env"
+# For jobs: `ray job submit --runtime-env $STACK/runtime_env.yaml ...` reach the same services
+# (addresses only: the credentials come from the Ray processes' environment).
 cat >"$STACK/runtime_env.yaml" <<YAML
 env_vars:
   MLFLOW_TRACKING_URI: http://127.0.0.1:$MLFLOW_PORT
   AWS_ENDPOINT_URL: http://127.0.0.1:$S3_PORT
-  AWS_ACCESS_KEY_ID: testing
-  AWS_SECRET_ACCESS_KEY: testing
   AWS_DEFAULT_REGION: us-east-1
 YAML
 echo "stack up in $STACK: S3 http://127.0.0.1:$S3_PORT (bucket $BUCKET), MLflow http://127.0.0.1:$MLFLOW_PORT, Ray dashboard http://127.0.0.1:$DASHBOARD_PORT"

@@ -20,7 +20,9 @@ another of the split (chosen from the item's generator, up to ``max_retries`` ti
 returns what it found bad under ``"bad"``; :func:`collate` concatenates those lists, and the
 tracker in the training process logs each video once and raises :class:`TooManyBadVideos` once
 the share of bad videos is past ``max_bad_fraction``. Returning reports with the data needs no
-shared state between processes and works the same under Ray.
+shared state between processes and works the same under Ray. A read that fails because the
+storage does (transient errors past the retry policy) is not the video's fault: it raises
+:class:`~octvideo.data.storage.StorageUnavailable` instead of counting the video as bad.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 from octvideo.data.decode import DEFAULT_TIMEOUT_SEC, VideoDecodeError, VideoReader
 from octvideo.data.manifest import Manifest, load_manifest
 from octvideo.data.sampling import ClipPlan, ClipSpec, Mode, multiview_plans, train_plan, val_plan
-from octvideo.data.storage import DEFAULT_RETRY, NO_RETRY, RetryPolicy, is_transient, retry_call
+from octvideo.data.storage import DEFAULT_RETRY, NO_RETRY, RetryPolicy, StorageUnavailable, is_transient, retry_call
 from octvideo.data.transforms import EvalTransform, TrainTransform
 
 logger = logging.getLogger(__name__)
@@ -168,6 +170,8 @@ class KineticsDataset(Dataset):
             try:
                 clip, plan = self._view(video, view, item_key)
             except VideoDecodeError as error:
+                if _storage_hiccup(error):  # retried for as long as self.retry allows: not the video's fault
+                    raise StorageUnavailable.after(f"reading {self.manifest[video].url}", self.retry.max_total_sec, error) from error
                 bad = BadVideo(video, self.manifest[video].url, error.reason, str(error))
                 logger.debug("item %d: video %d is unreadable: %s", index, video, bad.message)
                 self._known_bad[video] = bad
@@ -333,6 +337,16 @@ class BadVideoTracker:
         self.max_bad_fraction, self.min_videos_tried = max_bad_fraction, min_videos_tried
         self.reports: dict[str, BadVideo] = {}
         self._tried: set[int] = set()
+
+    @classmethod
+    def merged(cls, trackers: Sequence["BadVideoTracker"]) -> "BadVideoTracker":
+        """One tracker holding what ``trackers`` (say, every rank's) found and tried, judged by the
+        first one's limits."""
+        merged = cls(trackers[0].max_bad_fraction, trackers[0].min_videos_tried)
+        for tracker in trackers:
+            merged.reports.update(tracker.reports)
+            merged._tried.update(tracker._tried)
+        return merged
 
     @property
     def bad_videos(self) -> dict[str, str]:

@@ -57,6 +57,7 @@ class Manifest:
 
     entries: tuple[VideoEntry, ...]
     label_map: dict[str, int] | None
+    missing: tuple[str, ...] = ()  # URLs of videos a Kinetics CSV lists that have no file (skipped)
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -167,15 +168,17 @@ def _load_kinetics(
     wanted = [row for row in rows if split is None or row.split == split]
     if not wanted:
         raise ValueError(f"{url} has no rows" + (f" of split {split!r}" if split is not None else ""))
-    entries = []
+    entries, missing = [], []
     for split_name in KINETICS_SPLITS:
         split_rows = [row for row in wanted if row.split == split_name]
         if not split_rows:
             continue
-        entries += _locate_kinetics_videos(
+        found, absent = _locate_kinetics_videos(
             url, root, split_name, split_rows, layout, mapping, map_source, options
         )
-    return Manifest(tuple(entries), mapping)
+        entries += found
+        missing += absent
+    return Manifest(tuple(entries), mapping, tuple(missing))
 
 
 @dataclass(frozen=True)
@@ -226,8 +229,9 @@ def _locate_kinetics_videos(
     mapping: Mapping[str, int],
     map_source: str,
     options: dict,
-) -> list[VideoEntry]:
-    """Match CSV rows to the files under ``{root}/{split}`` (one listing, whatever the size)."""
+) -> tuple[list[VideoEntry], list[str]]:
+    """Match CSV rows to the files under ``{root}/{split}`` (one listing, whatever the size):
+    the videos found, and the URLs (``.mp4``) of those missing."""
     split_url = _join(root, split)
     found = _list_videos(split_url, options)
     if not found:
@@ -263,7 +267,7 @@ def _locate_kinetics_videos(
             "%d of %d %r videos listed in %s are missing under %s (e.g. %s); skipping them",
             len(missing), len(rows), split, url, split_url, missing[0],
         )
-    return entries
+    return entries, [_join(split_url, f"{stem}.mp4") for stem in missing]
 
 
 def _list_videos(folder_url: str, options: dict) -> dict[str, str]:

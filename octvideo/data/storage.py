@@ -69,9 +69,27 @@ class RetryPolicy:
         base = min(self.max_delay_sec, self.initial_delay_sec * 2 ** (attempt - 1))
         return base * random.uniform(0.5, 1.0)
 
+    @classmethod
+    def for_outages_up_to(cls, seconds: float) -> "RetryPolicy":
+        """Retry for ``seconds`` in all (the time bounds it, not the number of attempts)."""
+        return cls(max_attempts=2**31, max_total_sec=seconds)
+
 
 DEFAULT_RETRY = RetryPolicy()
 NO_RETRY = RetryPolicy(max_attempts=1)
+
+
+class StorageUnavailable(RuntimeError):
+    """Storage kept failing with transient errors (connection refused, timeouts, HTTP 5xx) for
+    longer than the retry policy allows: an outage, not a problem of one file."""
+
+    @classmethod
+    def after(cls, what: str, seconds: float, error: BaseException) -> "StorageUnavailable":
+        """The error for ``what`` (say, "reading s3://...") failing with ``error`` for ``seconds``."""
+        return cls(
+            f"storage unavailable: {what} kept failing for {seconds:.0f} s ({type(error).__name__}: {error}); "
+            "check that the object store is up and reachable from every node"
+        )
 
 
 @functools.cache
@@ -91,6 +109,29 @@ def _library_transient_errors() -> tuple[type[BaseException], ...]:
     except ImportError:
         pass
     return tuple(errors)
+
+
+@functools.cache
+def storage_errors() -> tuple[type[BaseException], ...]:
+    """What reading a store with wrong settings raises: OSError (fsspec's missing objects and
+    denied access) and the client libraries' own errors that are not OSErrors (no S3 credentials,
+    an endpoint that does not answer). Catch them where a bad URL is a user error."""
+    errors: list[type[BaseException]] = [OSError, *_library_transient_errors()]
+    try:
+        import botocore.exceptions
+
+        errors.append(botocore.exceptions.BotoCoreError)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+def storage_error_message(url: str, error: BaseException) -> str:
+    """One line for a location that cannot be read: the URL, the error, what to check."""
+    return (
+        f"cannot read {url}: {error} ({type(error).__name__}); check the URL, the endpoint and the "
+        "credentials / storage_options for that store"
+    )
 
 
 def http_status(exc: BaseException) -> int | None:

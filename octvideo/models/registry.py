@@ -32,10 +32,15 @@ def vanilla_twin(name: str) -> Optional[str]:
     return _VANILLA.get(name)
 
 
+def similar_models(name: str) -> List[str]:
+    """Registered names that look like ``name`` (a typo's likely intent), closest first."""
+    return difflib.get_close_matches(name, _BUILDERS, n=3)
+
+
 def build_model(name: str, **kwargs) -> nn.Module:
     """Build a registered model; every model takes ``alpha``, ``num_classes`` and ``octave_pool``."""
     if name not in _BUILDERS:
-        close = difflib.get_close_matches(name, _BUILDERS, n=3)
+        close = similar_models(name)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
         raise ValueError(f"unknown model name {name!r}.{hint} Known models: {', '.join(list_models())}")
     model = _BUILDERS[name](**kwargs)

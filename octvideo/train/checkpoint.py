@@ -16,6 +16,8 @@ training position (:class:`TrainState`) rides in DeepSpeed's client state.
 from __future__ import annotations
 
 import dataclasses
+import errno
+import functools
 import glob
 import logging
 import os
@@ -28,6 +30,8 @@ import fsspec
 import pyarrow.fs
 import ray.train
 import torch
+
+from octvideo.data.storage import RetryPolicy, StorageUnavailable, is_transient, retry_call
 
 logger = logging.getLogger(__name__)
 
@@ -47,27 +51,84 @@ class TrainState:
     batch_in_epoch: int = 0
 
 
-def save_and_report(engine: Any, state: TrainState, metrics: Mapping[str, float]) -> None:
-    """Save ``engine`` (a DeepSpeed engine) with ``state`` and report both with ``metrics``.
-    Every rank must call it at the same point (it is collective)."""
+def save_and_report(engine: Any, state: TrainState, metrics: Mapping[str, float], retry: RetryPolicy) -> None:
+    """Save ``engine`` (a DeepSpeed engine) with ``state`` and report both with ``metrics``; the
+    upload retries through storage outages under ``retry``. Every rank must call it at the same
+    point (it is collective)."""
     with tempfile.TemporaryDirectory(prefix="octvideo-ckpt-") as local:
         engine.save_checkpoint(local, tag=TAG, client_state={_STATE_KEY: dataclasses.asdict(state)})
-        ray.train.report(dict(metrics), checkpoint=ray.train.Checkpoint.from_directory(local))
+        ray.train.report(
+            dict(metrics),
+            checkpoint=ray.train.Checkpoint.from_directory(local),
+            checkpoint_upload_fn=functools.partial(upload_checkpoint, retry=retry),
+        )
+    # Ray Train registers a reported checkpoint when its controller next polls the workers (every
+    # 2 s); a failure before that would resume from the checkpoint before. Waiting for it bounds
+    # what a failure loses to the steps since this checkpoint.
+    ray.train.get_all_reported_checkpoints(consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED)
 
 
-def restore(engine: Any) -> TrainState:
+def upload_checkpoint(checkpoint: ray.train.Checkpoint, checkpoint_dir_name: str, retry: RetryPolicy) -> ray.train.Checkpoint:
+    """Ray Train's ``checkpoint_upload_fn``: copy this rank's files of ``checkpoint`` (a local
+    folder) to the run's storage through fsspec, retrying transient errors under ``retry``,
+    then check that every file arrived whole.
+
+    Not Ray's default copy: through a pyarrow-wrapped fsspec filesystem, ``pyarrow.fs.copy_files``
+    drops the error of a failed upload when the file is closed (seen with s3fs and the S3 server
+    down), and the checkpoint would be registered without its files."""
+    storage = ray.train.get_context().get_storage()
+    destination = storage.build_checkpoint_path_from_name(checkpoint_dir_name)
+    fs = _fsspec_filesystem(storage.storage_filesystem)
+    sizes = {
+        os.path.relpath(os.path.join(folder, name), checkpoint.path): os.path.getsize(os.path.join(folder, name))
+        for folder, _, names in os.walk(checkpoint.path) for name in names
+    }
+
+    def copy() -> None:
+        fs.put(checkpoint.path.rstrip("/") + "/", destination, recursive=True)
+        fs.invalidate_cache(destination)
+        found = {os.path.relpath(path, destination): info["size"] for path, info in fs.find(destination, detail=True).items()}
+        missing = sorted(name for name, size in sizes.items() if found.get(name) != size)
+        if missing:
+            raise OSError(errno.EIO, f"checkpoint files missing or short after upload to {destination}: {missing}")
+
+    _with_storage_retries(copy, retry, f"uploading checkpoint {destination}")
+    return ray.train.Checkpoint(destination, filesystem=storage.storage_filesystem)
+
+
+def restore(engine: Any, retry: RetryPolicy) -> TrainState:
     """Load the run's latest checkpoint into ``engine`` (module, optimizer shards, lr scheduler)
-    and return its position; a fresh :class:`TrainState` when the run has no checkpoint."""
+    and return its position; a fresh :class:`TrainState` when the run has no checkpoint. The
+    download retries through storage outages under ``retry``."""
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
         return TrainState()
-    with checkpoint.as_directory() as local:
+    with tempfile.TemporaryDirectory(prefix="octvideo-restore-") as local:
+        _with_storage_retries(lambda: checkpoint.to_directory(local), retry, f"downloading checkpoint {checkpoint.path}")
         path, client_state = engine.load_checkpoint(local, tag=TAG, load_lr_scheduler_states=True)
     if path is None:
         raise RuntimeError(f"{checkpoint} holds no DeepSpeed checkpoint under tag {TAG!r}")
     state = TrainState(**client_state[_STATE_KEY])
     logger.info("resumed from %s at %s", checkpoint.path, state)
     return state
+
+
+def _with_storage_retries(fn: Any, retry: RetryPolicy, what: str) -> Any:
+    try:
+        return retry_call(fn, retry, what=what)
+    except Exception as error:
+        if is_transient(error):
+            raise StorageUnavailable.after(what, retry.max_total_sec, error) from error
+        raise
+
+
+def _fsspec_filesystem(filesystem: pyarrow.fs.FileSystem) -> fsspec.AbstractFileSystem:
+    """The fsspec filesystem under a storage filesystem made by :func:`run_storage`."""
+    if isinstance(filesystem, pyarrow.fs.PyFileSystem) and isinstance(filesystem.handler, pyarrow.fs.FSSpecHandler):
+        return filesystem.handler.fs
+    if isinstance(filesystem, pyarrow.fs.LocalFileSystem):
+        return fsspec.filesystem("file")
+    raise TypeError(f"checkpoint storage on {filesystem.type_name!r} is not supported; use a folder or an fsspec URL")
 
 
 def consolidated_state_dict(checkpoint_dir: str) -> dict[str, torch.Tensor]:

@@ -9,9 +9,11 @@ message that names the key; all problems are reported at once, as ``ConfigError`
 
 from __future__ import annotations
 
+import difflib
 from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple
 
 import fsspec
+import fsspec.core
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -37,10 +39,12 @@ class ModelConfig(_Section):
     @field_validator("name")
     @classmethod
     def _known_model(cls, name: str) -> str:
-        from octvideo.models import list_models
+        from octvideo.models import list_models, similar_models
 
         if name not in list_models():
-            raise ValueError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
+            close = similar_models(name)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise ValueError(f"unknown model {name!r}{hint}; known models: {', '.join(list_models())}")
         return name
 
     @field_validator("octave_pool")
@@ -89,6 +93,9 @@ class DataConfig(_Section):
     workers: int = Field(4, ge=0, description="DataLoader worker processes per training worker")
     decode_threads: int = Field(1, ge=0)
     max_bad_fraction: float = Field(0.05, ge=0.0, le=1.0)
+    storage_timeout_s: float = Field(
+        60.0, gt=0, description="how long a video read retries through a storage outage before the run fails"
+    )
 
 
 class OptimConfig(_Section):
@@ -146,6 +153,9 @@ class CheckpointConfig(_Section):
     every_steps: Optional[int] = Field(None, ge=1, description="also checkpoint every N steps, besides epoch ends")
     keep_last: int = Field(3, ge=1)
     max_failures: int = Field(3, ge=-1, description="worker failures to recover from; -1: unlimited")
+    storage_timeout_s: float = Field(
+        300.0, gt=0, description="how long checkpoint uploads and downloads retry through a storage outage"
+    )
 
 
 class TrackingConfig(_Section):
@@ -189,11 +199,40 @@ def apply_overrides(raw: Dict[str, Any], overrides: Sequence[str]) -> Dict[str, 
     return raw
 
 
+def _section_keys(path: Sequence[str]) -> List[str]:
+    """The keys allowed in the section at dotted ``path`` (empty: the top level); [] if none is there."""
+    section: Any = ExperimentConfig
+    for part in path:
+        field = section.model_fields.get(part)
+        section = field.annotation if field is not None else None
+        if not (isinstance(section, type) and issubclass(section, BaseModel)):
+            return []
+    return list(section.model_fields)
+
+
+def _unknown_key(loc: Sequence[str]) -> str:
+    """``unknown key``, with the likely intended key (or the allowed ones) when the section is known."""
+    known = _section_keys(loc[:-1])
+    close = difflib.get_close_matches(loc[-1], known, n=2)
+    if close:
+        return f"unknown key (did you mean {' or '.join(close)}?)"
+    return f"unknown key; allowed: {', '.join(known)}" if known else "unknown key"
+
+
 def _describe(error: ValidationError) -> str:
     lines = []
     for problem in error.errors():
-        where = ".".join(str(part) for part in problem["loc"]) or "(top level)"
-        message = "unknown key" if problem["type"] == "extra_forbidden" else problem["msg"]
+        loc = [str(part) for part in problem["loc"]]
+        where = ".".join(loc) or "(top level)"
+        value = problem.get("input")
+        if problem["type"] == "extra_forbidden":
+            message = _unknown_key(loc)
+        elif problem["type"] == "value_error":  # our validators' words, without pydantic's "Value error, "
+            message = str(problem["ctx"]["error"])
+        elif isinstance(value, (str, int, float, bool)):
+            message = f"{problem['msg']}, got {value!r}"
+        else:
+            message = problem["msg"]
         lines.append(f"  {where}: {message}")
     return "\n".join(lines)
 
@@ -205,6 +244,26 @@ def parse_config(raw: Dict[str, Any], source: str = "config") -> ExperimentConfi
         raise ConfigError(f"{source} is not a valid experiment:\n{_describe(error)}") from None
 
 
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """`` at line 2, column 5: expected ',' or '}', but got ':' (while parsing a flow mapping from
+    line 1, column 8)``: where and what, without the file name PyYAML repeats."""
+    mark = getattr(error, "problem_mark", None)
+    if mark is None:
+        return f": {error}"
+    text = f" at line {mark.line + 1}, column {mark.column + 1}: {error.problem}"
+    context, context_mark = getattr(error, "context", None), getattr(error, "context_mark", None)
+    if context and context_mark is not None:
+        text += f" ({context} from line {context_mark.line + 1}, column {context_mark.column + 1})"
+    return text
+
+
+def _storage_errors() -> Tuple[type, ...]:
+    """:func:`octvideo.data.storage.storage_errors`, imported (with torch) only once reading failed."""
+    from octvideo.data.storage import storage_errors
+
+    return storage_errors()
+
+
 def load_config(url: str, overrides: Sequence[str] = ()) -> ExperimentConfig:
     """Read a YAML experiment from a path or URL, apply dotted overrides, validate."""
     try:
@@ -212,13 +271,48 @@ def load_config(url: str, overrides: Sequence[str] = ()) -> ExperimentConfig:
             raw = yaml.safe_load(f)
     except FileNotFoundError:
         raise ConfigError(f"config file {url} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {url} is a folder; pass the experiment's YAML file") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {url} is not a text file; pass the experiment's YAML file") from None
     except yaml.YAMLError as error:
-        raise ConfigError(f"{url} is not valid YAML: {error}") from None
+        raise ConfigError(f"{url} is not valid YAML{_yaml_problem(error)}") from None
+    except _storage_errors() as error:
+        from octvideo.data.storage import storage_error_message
+
+        raise ConfigError(f"config file: {storage_error_message(url, error)}") from None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{url} must hold a mapping of sections (model, data, optim, ...), got {type(raw).__name__}")
     return parse_config(apply_overrides(raw, overrides), source=str(url))
+
+
+def check_supported(config: ExperimentConfig) -> None:
+    """Raise ConfigError for a valid configuration the training job cannot run yet (before any cluster work)."""
+    if config.model.pretrained is not None:
+        raise ConfigError("model.pretrained: starting from pretrained weights is not supported by the training job yet")
+
+
+def check_manifests(config: ExperimentConfig) -> None:
+    """ConfigError naming every ``data.*_manifest`` that does not exist or whose store cannot be
+    read, all at once: the training workers would only find out once the cluster has started."""
+    data = config.data
+    problems = []
+    for key in ("train_manifest", "val_manifest", "test_manifest"):
+        url = getattr(data, key)
+        if url is None:
+            continue
+        try:
+            fs, path = fsspec.core.url_to_fs(url, **data.storage_options)
+            if not fs.exists(path):
+                problems.append(f"data.{key}: manifest {url} does not exist; check the URL and data.storage_options")
+        except _storage_errors() as error:
+            from octvideo.data.storage import storage_error_message
+
+            problems.append(f"data.{key}: {storage_error_message(url, error)}")
+    if problems:
+        raise ConfigError("the experiment's data cannot be read:\n" + "\n".join(f"  {p}" for p in problems))
 
 
 def config_to_dict(config: ExperimentConfig) -> Dict[str, Any]:
@@ -240,6 +334,6 @@ def flatten(mapping: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
 
 __all__: List[str] = [
     "CheckpointConfig", "ClipConfig", "ConfigError", "DataConfig", "DeepSpeedConfig", "ExperimentConfig",
-    "ModelConfig", "OptimConfig", "ScalingConfig", "TrackingConfig", "apply_overrides", "config_to_dict",
-    "flatten", "load_config", "parse_config",
+    "ModelConfig", "OptimConfig", "ScalingConfig", "TrackingConfig", "apply_overrides", "check_manifests",
+    "check_supported", "config_to_dict", "flatten", "load_config", "parse_config",
 ]

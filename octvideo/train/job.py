@@ -25,10 +25,11 @@ import torch
 from ray.train.torch import TorchTrainer
 
 from octvideo.data import load_manifest, model_input
+from octvideo.data.storage import storage_error_message, storage_errors
 from octvideo.models import build_model
 from octvideo.profile import profile_model
 from octvideo.train.checkpoint import consolidated_state_dict, run_storage, write_fp32_weights
-from octvideo.train.config import ConfigError, ExperimentConfig, config_to_dict
+from octvideo.train.config import ConfigError, ExperimentConfig, check_manifests, check_supported, config_to_dict
 from octvideo.train.loop import build_network, network_options, train_loop_per_worker
 from octvideo.train.registry import Registration
 from octvideo.train.tracking import Tracker, start_tracker
@@ -64,20 +65,16 @@ class JobResult:
     tracking_run_id: Optional[str]
 
 
-def check_supported(config: ExperimentConfig) -> None:
-    """Raise ConfigError for a valid configuration this job cannot run yet (before any cluster work)."""
-    if config.model.pretrained is not None:
-        raise ConfigError("model.pretrained: starting from pretrained weights is not supported by the training job yet")
-
-
 def dataset_label_map(config: ExperimentConfig) -> dict[str, int]:
     """The training split's label map (class name -> index); ConfigError naming the manifest
     when it cannot be read. Bare ``path label`` lists get names ``"0"``, ``"1"``, ..."""
     data = config.data
     try:
         manifest = load_manifest(data.train_manifest, data.root, storage_options=data.storage_options)
-    except (ValueError, OSError) as error:
+    except ValueError as error:
         raise ConfigError(f"data.train_manifest: {error}") from None
+    except storage_errors() as error:
+        raise ConfigError(f"data.train_manifest: {storage_error_message(data.train_manifest, error)}") from None
     if manifest.label_map is not None:
         return dict(manifest.label_map)
     return {str(index): index for index in range(config.model.num_classes or manifest.num_classes)}
@@ -85,10 +82,11 @@ def dataset_label_map(config: ExperimentConfig) -> dict[str, int]:
 
 def prepare_job(config: ExperimentConfig, tracker: Optional[Tracker] = None) -> PreparedJob:
     """Everything that can fail before cluster work: the job's support for ``config``
-    (ConfigError), its training data (ConfigError), the tracking server (TrackingUnavailable).
+    (ConfigError), its manifests and training data (ConfigError), the tracking server (TrackingUnavailable).
     Opens (or resumes) the MLflow run, unless ``tracker`` is given, and logs the config, the
     label map and the model's parameters and multiply-accumulates per clip."""
     check_supported(config)
+    check_manifests(config)
     label_map = dataset_label_map(config)
     tracker = tracker if tracker is not None else start_tracker(config, rank=0)
     job = PreparedJob(config, tracker, label_map)
@@ -151,6 +149,16 @@ def run_job(job: PreparedJob) -> JobResult:
     tracker.close()
     logger.info("run %s done: %s; weights at %s", config.checkpoint.name, result.metrics, weights)
     return JobResult(result, weights, registration, tracker.run_id)
+
+
+def training_failure(error: BaseException) -> str:
+    """What made training fail, for one line under the log: the first failed worker's error
+    (Ray Train wraps it with its traceback, which the log already holds), else Ray's message."""
+    for rank, failure in sorted((getattr(error, "worker_failures", None) or {}).items()):
+        cause = getattr(failure, "_base_exc", failure)
+        return f"training failed on rank {rank}: {type(cause).__name__}: {cause}"
+    cause = getattr(error, "controller_failure", error)
+    return f"training failed: {type(cause).__name__}: {cause}"
 
 
 def _register(job: PreparedJob, state: dict[str, torch.Tensor], metrics: dict) -> Optional[Registration]:

@@ -11,7 +11,7 @@ Reports (``ray.train.report``, every rank, the same number of times; rank 0's me
   ``epoch`` (epochs done, fractional), ``global_step`` (optimizer steps), ``skipped_steps``
   (steps DeepSpeed skipped on non-finite gradients),
   ``data_wait_share`` (share of step time spent waiting for batches), ``bad_videos`` and
-  ``videos_tried`` (distinct videos each rank's loader met, summed over ranks);
+  ``videos_tried`` (distinct videos the ranks' loaders met, all ranks together);
   with a checkpoint every ``checkpoint.every_steps`` steps;
 * at each epoch end, with a checkpoint: the same plus ``val_clip_top1/5`` and
   ``val_video_top1/5``; after the last epoch also ``test_clip_top1/5`` and ``test_video_top1/5``.
@@ -21,7 +21,12 @@ sampler starts the epoch after the batches already done, so they are not loaded 
 
 Tracking: ``loop_config["tracker"]`` (a picklable :class:`~octvideo.train.tracking.Tracker`;
 default :class:`NullTracker`) is called on rank 0 only: every report's metrics by global step,
-each epoch's by epoch, and the test's confusion matrix and per-class accuracy as figures.
+each epoch's by epoch, the test's confusion matrix and per-class accuracy as figures, and the
+training split's unreadable videos (URL -> reason, each once; with those its Kinetics CSV lists
+but that have no file, which are skipped from the start, counted as ``missing_videos``) as
+``bad_videos.json``. Past
+``data.max_bad_fraction`` of the videos tried by all ranks, every rank stops at the epoch's end
+with the same :class:`~octvideo.data.dataset.TooManyBadVideos`.
 """
 
 from __future__ import annotations
@@ -41,6 +46,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from octvideo.data import KineticsDataset, KineticsLoader, model_input
+from octvideo.data.dataset import BadVideoTracker
+from octvideo.data.storage import RetryPolicy
 from octvideo.models import build_model
 from octvideo.train.checkpoint import TrainState, restore, save_and_report
 from octvideo.train.config import ExperimentConfig, ModelConfig, parse_config
@@ -120,6 +127,7 @@ def _dataset(config: ExperimentConfig, manifest: str, mode: str) -> KineticsData
         storage_options=data.storage_options,
         decode_threads=data.decode_threads,
         max_bad_fraction=data.max_bad_fraction,
+        retry=RetryPolicy.for_outages_up_to(data.storage_timeout_s),
     )
 
 
@@ -138,20 +146,28 @@ class _Window:
         """Metrics over all ranks (a collective call)."""
         elapsed = time.perf_counter() - self.started
         totals = torch.tensor(
-            [float(self.loss_sum), self.micro_batches, self.clips, self.data_seconds, elapsed,
-             len(loader.bad_videos), loader.tracker.num_tried],
+            [float(self.loss_sum), self.micro_batches, self.clips, self.data_seconds, elapsed],
             dtype=torch.float64,
         )
         dist.all_reduce(totals)
-        loss_sum, micro_batches, clips, data_seconds, seconds, bad, tried = totals.tolist()
+        loss_sum, micro_batches, clips, data_seconds, seconds = totals.tolist()
         world = dist.get_world_size()
+        videos = run_bad_videos(loader)
         return {
             "loss": loss_sum / max(micro_batches, 1.0),
             "clips_per_s": clips / max(seconds / world, 1e-9),
             "data_wait_share": data_seconds / max(seconds, 1e-9),
-            "bad_videos": bad,
-            "videos_tried": tried,
+            "bad_videos": float(len(videos.reports)),
+            "videos_tried": float(videos.num_tried),
         }
+
+
+def run_bad_videos(loader: KineticsLoader) -> BadVideoTracker:
+    """The bad videos that every rank's ``loader`` met and the videos they tried, merged: the
+    run's view, which a rank's shard alone is not (a collective call)."""
+    trackers: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(trackers, loader.tracker)
+    return BadVideoTracker.merged(trackers)
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
@@ -191,7 +207,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         dist_init_required=False,  # reuse Ray Train's process group
     )
     dtype = next(engine.module.parameters()).dtype  # the model's input dtype
-    state = restore(engine)
+    checkpoint_retry = RetryPolicy.for_outages_up_to(config.checkpoint.storage_timeout_s)
+    state = restore(engine, checkpoint_retry)
     logger.info(
         "worker %d of %d on node %s (%s) starts at step %d",
         rank, world_size, ray.get_runtime_context().get_node_id(), device, engine.global_steps,
@@ -210,7 +227,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         if checkpoint_state is None:
             ray.train.report(metrics)
         else:
-            save_and_report(engine, checkpoint_state, metrics)
+            save_and_report(engine, checkpoint_state, metrics, checkpoint_retry)
 
     def eval_loader(manifest: str, mode: str) -> KineticsLoader:
         dataset = _dataset(config, manifest, mode)
@@ -254,6 +271,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 report(metrics, state if checkpoint_now else None)
                 window.reset()
         metrics = {**window.summary(train_loader), "lr": float(engine.get_lr()[0])}
+        bad_videos = run_bad_videos(train_loader)
+        bad_videos.check(final=True)  # the run's share of bad videos, the same on every rank
+        missing = train_loader.dataset.manifest.missing  # skipped from the start: not in the share
+        metrics["missing_videos"] = float(len(missing))
+        if rank == 0 and (bad_videos.reports or missing):
+            tracker.log_bad_videos({**dict.fromkeys(missing, "not found"), **bad_videos.bad_videos})
         metrics.update(run_eval(val_loader, "val")[0])
         state = TrainState(engine.global_steps, state.epoch + 1, 0)
         if state.epoch == config.optim.epochs:
@@ -268,3 +291,4 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             logger.info("epoch %d done: %s", state.epoch, metrics)
             tracker.log_epoch_metrics(metrics, state.epoch)
         report(metrics, state)
+    tracker.flush()  # what a tracking outage held back, before this process ends

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional
 
 from octvideo.train.config import ClipConfig
+
+if TYPE_CHECKING:  # imported where used: reading the registry (octvideo predict) needs no torch
+    from torch import nn
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,7 @@ def model_metadata(
 
 def _signature_and_example(model: nn.Module, clip: ClipConfig) -> tuple:
     import numpy as np
+    import torch
     from mlflow.models import ModelSignature
     from mlflow.types import Schema, TensorSpec
 
@@ -98,6 +99,7 @@ def register_model(
     and, like :meth:`MLflowTracker.close`, ends the run."""
     import mlflow
     import mlflow.pytorch
+    import torch
     from mlflow.tracking import MlflowClient
 
     mlflow.set_tracking_uri(tracking_uri)

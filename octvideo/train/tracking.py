@@ -9,6 +9,10 @@ when the tracking server is down, a warning is logged and they are sent with the
 timestamp it was logged with, and MLflow ignores an identical metric sent twice, so a batch that
 reached the server but whose reply was lost is not duplicated by the retry.
 
+MLflow holds one value per metric and step. A worker that fails resumes from the last checkpoint
+and runs again the steps it had done since (the same batches, from the same weights); the steps
+that MLflow already has are not sent again, so the curves have no duplicated or missing steps.
+
 Nothing that looks like a credential is logged: see :func:`redact`.
 """
 
@@ -147,6 +151,7 @@ class Tracker(Protocol):
     def log_config(self, config: ExperimentConfig) -> None: ...
     def log_model_size(self, macs: int, params: int) -> None: ...
     def log_label_map(self, label_map: Mapping[str, int]) -> None: ...
+    def log_bad_videos(self, bad_videos: Mapping[str, str]) -> None: ...
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None: ...
     def log_epoch_metrics(self, metrics: Mapping[str, float], epoch: int) -> None: ...
     def log_figure(self, figure: Any, artifact_file: str) -> None: ...
@@ -170,6 +175,9 @@ class NullTracker:
         pass
 
     def log_label_map(self, label_map: Mapping[str, int]) -> None:
+        pass
+
+    def log_bad_videos(self, bad_videos: Mapping[str, str]) -> None:
         pass
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
@@ -221,6 +229,7 @@ class MLflowTracker:
         self._timeout = request_timeout_sec
         self._pending: deque = deque(maxlen=max_buffered)
         self._dropped = 0
+        self._last_step: Dict[str, int] = {}  # per metric: the highest step MLflow has
         self._failing = False
         if "'" in run_name or "\\" in run_name:
             raise ValueError(f"run name {run_name!r} must not contain quotes or backslashes")
@@ -250,7 +259,8 @@ class MLflowTracker:
         return self._client
 
     def __getstate__(self) -> Dict[str, Any]:
-        return {**self.__dict__, "_client": None}
+        # A copy in another process asks MLflow which steps it has (another copy may have logged).
+        return {**self.__dict__, "_client": None, "_last_step": {}}
 
     def _experiment_id(self, name: str) -> str:
         experiment = self.client.get_experiment_by_name(name)
@@ -280,6 +290,14 @@ class MLflowTracker:
 
     def log_label_map(self, label_map: Mapping[str, int]) -> None:
         self.client.log_dict(self.run_id, dict(label_map), "label_map.json")
+
+    def log_bad_videos(self, bad_videos: Mapping[str, str]) -> None:
+        """``bad_videos.json``: URL -> reason of every unreadable video so far; a failure is a warning."""
+        try:
+            with _quick_requests(self._timeout):
+                self.client.log_dict(self.run_id, dict(sorted(bad_videos.items())), "bad_videos.json")
+        except Exception as err:  # the list is in the job's log too
+            log.warning("could not log bad_videos.json to MLflow: %s", err)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         """Queue ``metrics`` at ``step`` and send all that are queued; never raises."""
@@ -360,7 +378,9 @@ class MLflowTracker:
             batch = [self._pending[i] for i in range(min(len(self._pending), MAX_METRICS_PER_BATCH))]
             try:
                 with _quick_requests(self._timeout):
-                    self.client.log_batch(self.run_id, metrics=batch)
+                    new = [metric for metric in batch if metric.step > self._logged_through(metric.key)]
+                    if new:
+                        self.client.log_batch(self.run_id, metrics=new)
             except Exception as err:  # an outage of any kind: keep the metrics for the next call
                 if not self._failing:
                     log.warning(
@@ -369,12 +389,21 @@ class MLflowTracker:
                     )
                 self._failing = True
                 return False
+            for metric in new:
+                self._last_step[metric.key] = max(self._last_step[metric.key], metric.step)
             for _ in batch:
                 self._pending.popleft()
         if self._failing:
             log.warning("MLflow at %s answers again; buffered metrics sent", self.tracking_uri)
             self._failing = False
         return True
+
+    def _logged_through(self, key: str) -> int:
+        """The highest step of metric ``key`` in the run (-1 if none); asked once per process."""
+        if key not in self._last_step:
+            history = self.client.get_metric_history(self.run_id, key)
+            self._last_step[key] = max((metric.step for metric in history), default=-1)
+        return self._last_step[key]
 
 
 def _metric(key: str, value: float, step: int) -> Any:

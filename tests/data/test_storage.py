@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import pickle
 import time
 
 import aiohttp
@@ -14,6 +15,7 @@ from octvideo.data import storage
 from octvideo.data.storage import (
     DEFAULT_BLOCK_SIZE,
     RetryPolicy,
+    StorageUnavailable,
     is_transient,
     open_url,
     retry_call,
@@ -206,3 +208,11 @@ def test_open_url_s3_missing_object_is_not_retried(s3_server, s3_bucket):
             retry=RetryPolicy(initial_delay_sec=5),
         )
     assert time.monotonic() - started < 3
+
+
+def test_storage_unavailable_names_what_failed_and_crosses_processes():
+    """Ray sends a worker's error to the driver pickled: it must come back whole."""
+    error = StorageUnavailable.after("reading s3://b/v.mp4", 60, ConnectionRefusedError(111, "refused"))
+    copy = pickle.loads(pickle.dumps(error))
+    assert type(copy) is StorageUnavailable and str(copy) == str(error)
+    assert "reading s3://b/v.mp4 kept failing for 60 s (ConnectionRefusedError" in str(copy)

@@ -5,7 +5,6 @@ processes with their own raylets. Two workers placed with ``SPREAD``; the second
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 
@@ -14,12 +13,9 @@ import pytest
 
 from tests.jobs import (
     STEPS_PER_EPOCH, checkpoint_registered, experiment, stack_with_tiny_data, step_history, submit, tracked_run,
-    wait_for, write_config,
+    wait_for, worker_starts, write_config,
 )
 from tests.stack import LocalStack
-
-WORKER_START = re.compile(r"worker (\d+) of 2 on node ([0-9a-f]+) \(cpu\) starts at step (\d+)")
-
 
 @pytest.fixture(scope="module")
 def stack():
@@ -44,7 +40,7 @@ def test_workers_on_two_nodes_checkpoint_to_s3_and_survive_losing_a_node(stack: 
     killer.join(timeout=1)
     assert killed_at, "the second node was not killed"
 
-    starts = [(int(rank), node_id_, int(step)) for rank, node_id_, step in WORKER_START.findall(job.stdout)]
+    starts = worker_starts(job.stdout)
     first = {rank: node_ for rank, node_, step in starts if step == 0}
     resumed = {rank: node_ for rank, node_, step in starts if step > 0}
     # Both nodes trained: one worker on each from the start (the head is the node that is not node_id).
@@ -58,7 +54,7 @@ def test_workers_on_two_nodes_checkpoint_to_s3_and_survive_losing_a_node(stack: 
     client, run = tracked_run(stack, "multinode")
     assert run.info.status == "FINISHED"
     steps = step_history(client, run.info.run_id)
-    assert max(steps) == 2 * STEPS_PER_EPOCH and sorted(set(steps)) == list(range(1, 2 * STEPS_PER_EPOCH + 1))
+    assert steps == list(range(1, 2 * STEPS_PER_EPOCH + 1))  # each step once, none missing
 
     fs = fsspec.filesystem("s3")
     fs.invalidate_cache()

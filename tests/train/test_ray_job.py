@@ -19,7 +19,7 @@ import pytest
 from octvideo.train.registry import CANDIDATE, CHAMPION, TOP1_TAG
 from tests.jobs import (
     STEPS_PER_EPOCH, checkpoint_registered, experiment, stack_with_tiny_data, step_history, submit, tracked_run,
-    training_workers, wait_for, write_config,
+    training_workers, wait_for, worker_starts, write_config,
 )
 from tests.stack import BIN, LocalStack
 
@@ -77,7 +77,7 @@ def test_resubmitting_resumes_the_run_and_moves_the_candidate(stack: LocalStack)
     client, after = tracked_run(stack, "zero2")
     assert after.info.run_id == before.info.run_id
     steps = step_history(client, after.info.run_id)
-    assert steps[-STEPS_PER_EPOCH:] == [7, 8, 9] and sorted(set(steps)) == list(range(1, 10))
+    assert steps == list(range(1, 10))
     candidate = client.get_model_version_by_alias("tiny", CANDIDATE)
     assert candidate.version == "2"
     expected_champion = "2" if float(candidate.tags[TOP1_TAG]) > champion_top1 else "1"
@@ -87,7 +87,7 @@ def test_resubmitting_resumes_the_run_and_moves_the_candidate(stack: LocalStack)
 def test_zero3_bf16_worker_killed_mid_run_resumes_from_checkpoint(stack: LocalStack) -> None:
     """SIGKILL one worker once a checkpoint is registered: Ray Train replaces the worker group, which loads
     the checkpoint and goes on from its step; the run ends at the same step count as an
-    undisturbed one, and every step is in MLflow."""
+    undisturbed one, and every step is in MLflow once."""
     config = write_config("zero3", experiment("zero3", epochs=2, zero_stage=3, precision="bf16", every_steps=1, max_failures=1))
     started = time.time()
     killed: list[int] = []
@@ -106,9 +106,7 @@ def test_zero3_bf16_worker_killed_mid_run_resumes_from_checkpoint(stack: LocalSt
     assert killed, "no worker was killed"
     assert "resumed from" in job.stdout
     client, run = tracked_run(stack, "zero3")
-    steps = step_history(client, run.info.run_id)
-    assert max(steps) == 2 * STEPS_PER_EPOCH and sorted(set(steps)) == list(range(1, 2 * STEPS_PER_EPOCH + 1))
-    resumed_at = next(i for i in range(1, len(steps)) if steps[i] <= steps[i - 1])
-    assert steps[resumed_at] > 1  # continued from a checkpoint, not from zero
+    assert step_history(client, run.info.run_id) == list(range(1, 2 * STEPS_PER_EPOCH + 1))  # each step once
+    assert any(step > 0 for _, _, step in worker_starts(job.stdout))  # continued from a checkpoint, not from zero
     assert run.info.status == "FINISHED"
     assert fsspec.filesystem("s3").exists("octvideo-demo/runs/zero3/model_fp32.pt")  # gathered from bf16 ZeRO-3 shards

@@ -190,6 +190,24 @@ def test_metrics_survive_a_server_outage(tmp_path, caplog):
         _stop(server)
 
 
+def test_a_resumed_worker_does_not_log_a_step_twice(sqlite_uri):
+    """A worker resumed from a checkpoint at step 3, after the failed one had logged up to step 5,
+    sends steps 4-5 again: MLflow keeps one value per step, the first; steps 6-8 follow."""
+    failed = MLflowTracker(sqlite_uri, "exp", "resumed")
+    resumed = pickle.loads(pickle.dumps(failed))  # as Ray sends it to the new worker
+    for step in range(1, 6):
+        failed.log_metrics({"loss": float(step), "global_step": step}, step)
+    for step in range(4, 9):
+        resumed.log_metrics({"loss": step + 0.5, "global_step": step}, step)
+    resumed.log_epoch_metrics({"val_top1": 0.5}, 1)
+    resumed.log_epoch_metrics({"val_top1": 0.6}, 1)  # the same epoch's report after another restart
+    client = MlflowClient(sqlite_uri)
+    history = sorted(client.get_metric_history(failed.run_id, "loss"), key=lambda m: m.step)
+    assert [m.step for m in history] == list(range(1, 9))
+    assert [m.value for m in history] == [1.0, 2.0, 3.0, 4.0, 5.0, 6.5, 7.5, 8.5]
+    assert [m.value for m in client.get_metric_history(failed.run_id, "epoch/val_top1")] == [0.5]
+
+
 def test_registry_aliases_follow_test_top1(sqlite_uri):
     client = MlflowClient(sqlite_uri)
     run_id = client.create_run(client.create_experiment("reg")).info.run_id

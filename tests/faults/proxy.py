@@ -1,0 +1,130 @@
+"""A TCP proxy in front of a server (the local stack's S3), through which a test injects network
+faults into a real run: the server disappearing, and traffic freezing at a chosen request."""
+
+from __future__ import annotations
+
+import collections
+import re
+import socket
+import struct
+import threading
+import time
+
+from tests.stack import free_ports
+
+
+class FaultyProxy:
+    """Forwards ``127.0.0.1:port`` to ``127.0.0.1:upstream_port``.
+
+    * :meth:`down` resets every connection, the open ones at once and new ones as soon as they
+      are accepted (what clients see when the server behind a load balancer dies), until
+      :meth:`up`; ``resets`` counts the connections reset, so a test can tell that clients met
+      the outage.
+    * :meth:`freeze_on` stops all traffic, in both directions, once a client sends bytes that
+      match a pattern (an HTTP request line, say); :meth:`thaw` lets it flow again.
+    """
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.port = free_ports(1)[0]
+        self.resets = 0
+        self.frozen = threading.Event()  # set once a freeze_on pattern matched
+        self._down = False
+        self._flowing = threading.Event()
+        self._flowing.set()
+        self._trigger: re.Pattern[bytes] | None = None
+        self._occurrence = 1
+        self._matches: collections.Counter = collections.Counter()
+        self._lock = threading.Lock()
+        self._connections: set[socket.socket] = set()
+        self._listener = socket.create_server(("127.0.0.1", self.port))
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def up(self) -> None:
+        self._down = False
+
+    def down(self) -> None:
+        self._down = True
+        with self._lock:
+            connections, self._connections = self._connections, set()
+        for connection in connections:
+            self._reset(connection)
+
+    def outage(self, seconds: float) -> int:
+        """Down for ``seconds``, then up; returns how many connections it reset meanwhile."""
+        before = self.resets
+        self.down()
+        time.sleep(seconds)
+        self.up()
+        return self.resets - before
+
+    def close(self) -> None:
+        self.down()
+        self._listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() under way
+        self._listener.close()
+
+    def freeze_on(self, pattern: bytes, occurrence: int = 1) -> None:
+        """Freeze at the ``occurrence``-th client send that matches ``pattern``; with a group in
+        ``pattern``, at the ``occurrence``-th with the same group (the same folder, say)."""
+        self.frozen.clear()
+        self._trigger = re.compile(pattern)
+        self._occurrence = occurrence
+        self._matches = collections.Counter()
+
+    def thaw(self) -> None:
+        self._trigger = None
+        self._flowing.set()
+
+    def _reset(self, connection: socket.socket) -> None:
+        # SO_LINGER 0: close with a reset, not a graceful FIN.
+        connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        connection.close()
+        self.resets += 1
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:  # closed
+                return
+            if self._down:
+                self._reset(client)
+                continue
+            try:
+                server = socket.create_connection(("127.0.0.1", self.upstream_port))
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._connections |= {client, server}
+            threading.Thread(target=self._pump, args=(client, server, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, False), daemon=True).start()
+
+    def _pump(self, source: socket.socket, target: socket.socket, from_client: bool) -> None:
+        try:
+            while data := source.recv(65536):
+                trigger = self._trigger
+                match = trigger.search(data) if from_client and trigger is not None else None
+                if match:
+                    with self._lock:
+                        key = match.group(1) if trigger.groups else None
+                        self._matches[key] += 1
+                        if self._matches[key] == self._occurrence:
+                            self._flowing.clear()
+                            self.frozen.set()
+                self._flowing.wait()
+                target.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for end in (source, target):
+                try:
+                    end.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+            with self._lock:
+                self._connections -= {source, target}

@@ -1,0 +1,59 @@
+"""Scenario 2: the S3 server unreachable mid-run (every connection reset, by the proxy in front
+of it): for a few seconds, the run retries and finishes; for good, the run fails
+with one clear message within its configured bound instead of hanging."""
+
+from __future__ import annotations
+
+import time
+
+from tests.faults.conftest import FaultStack, submit_during
+from tests.jobs import (
+    STEPS_PER_EPOCH, checkpoint_registered, experiment, step_history, tracked_run, wait_for, worker_starts,
+)
+
+OUTAGE_SEC = 8
+
+
+def test_a_short_storage_outage_is_retried_through(faults: FaultStack) -> None:
+    config = experiment("s3-blip", epochs=2, zero_stage=2, every_steps=2)  # max_failures 0: no restart allowed
+    resets: list[int] = []
+
+    def cut_storage() -> None:
+        if wait_for(lambda: checkpoint_registered("s3-blip"), timeout=300):
+            resets.append(faults.s3.outage(OUTAGE_SEC))
+
+    job = submit_during(faults, "s3-blip", config, cut_storage)
+
+    assert resets, "storage was not cut"
+    assert resets[0] > 0  # the run met the outage
+    assert len(worker_starts(job.stdout)) == 2  # without a restart
+    client, run = tracked_run(faults.stack, "s3-blip")
+    assert run.info.status == "FINISHED"
+    assert step_history(client, run.info.run_id) == list(range(1, 2 * STEPS_PER_EPOCH + 1))
+    print(f"short storage outage: {OUTAGE_SEC} s, {resets[0]} connections reset, run finished without a restart")
+
+
+def test_storage_down_for_good_fails_the_run_with_a_clear_message(faults: FaultStack) -> None:
+    bound = 10
+    config = experiment("s3-gone", epochs=2, zero_stage=2, every_steps=2)
+    config["data"]["storage_timeout_s"] = bound
+    config["checkpoint"]["storage_timeout_s"] = bound
+    cut: list[float] = []
+
+    def cut_storage() -> None:
+        if wait_for(lambda: checkpoint_registered("s3-gone"), timeout=300):
+            faults.s3.down()
+            cut.append(time.monotonic())
+
+    try:
+        job = submit_during(faults, "s3-gone", config, cut_storage, succeed=False)
+        failed_after = time.monotonic() - cut[0]
+    finally:
+        faults.s3.up()
+    assert job.returncode != 0
+    errors = [line for line in (job.stdout + job.stderr).splitlines() if line.startswith("kinetics.py: error:")]
+    assert len(errors) == 1 and "StorageUnavailable: storage unavailable" in errors[0], errors
+    print(f"storage down for good: failed {failed_after:.0f} s after the cut: {errors[0][:300]}")
+    assert failed_after < 120
+    _, run = tracked_run(faults.stack, "s3-gone")
+    assert run.info.status == "FAILED"
