@@ -12,8 +12,6 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, List, Mapping, Optional, Tuple
-from urllib.error import HTTPError, URLError
-from urllib.request import urlopen
 
 from octvideo.train.config import ClipConfig
 
@@ -50,14 +48,12 @@ def _check_store(uri: str) -> None:
         if not path.is_file():
             raise ValueError(f"no MLflow store at {uri} (the file does not exist); {where}")
     elif uri.startswith(("http://", "https://")):
-        from octvideo.train.tracking import REQUEST_TIMEOUT_SEC
+        from octvideo.train.tracking import TrackingUnavailable, check_tracking_available
 
         try:
-            urlopen(f"{uri.rstrip('/')}/health", timeout=REQUEST_TIMEOUT_SEC).close()
-        except HTTPError:
-            pass  # it answers; MLflow will say what it thinks of the request
-        except (URLError, OSError) as err:
-            raise ValueError(f"MLflow tracking server {uri} does not answer ({getattr(err, 'reason', err)}); {where}") from None
+            check_tracking_available(uri)
+        except TrackingUnavailable as err:
+            raise ValueError(f"MLflow tracking server {uri} does not answer ({err.detail}); {where}") from None
 
 
 def _registered_hint(client: Any, name: str) -> str:

@@ -57,7 +57,10 @@ class TrackingUnavailable(RuntimeError):
             "(mlflow server ...), or point tracking.tracking_uri / MLFLOW_TRACKING_URI at a "
             "reachable one, then submit the job again"
         )
-        self.uri = uri
+        self.uri, self.detail = uri, detail
+
+    def __reduce__(self) -> tuple:
+        return type(self), (self.uri, self.detail)
 
 
 def resolve_tracking_uri(configured: Optional[str] = None) -> str:
