@@ -90,7 +90,8 @@ def test_bad_videos_past_the_limit_stop_the_run_with_one_error(faults: FaultStac
     job = submit(faults.stack, write_config("bad20", bad_experiment("bad20", f"{DATA}/train20.csv")),
                  runtime_env=faults.runtime_env, succeed=False)
     assert job.returncode != 0
-    errors = [line for line in (job.stdout + job.stderr).splitlines() if line.startswith("kinetics.py: error:")]
+    # One line from the pipeline; `ray job submit` repeats the job's last lines when it fails.
+    errors = sorted({line for line in (job.stdout + job.stderr).splitlines() if line.startswith("kinetics.py: error:")})
     assert len(errors) == 1, errors
     assert "TooManyBadVideos" in errors[0] and "more than max_bad_fraction=5.0%" in errors[0], errors[0]
     print(f"bad videos past the limit: {errors[0][:300]}")

@@ -1,4 +1,4 @@
-"""Scenario 1: training workers SIGKILLed at random steps, three times in one run; and scenario 7:
+"""Scenario 1: training workers SIGKILLed at random steps, three times in a 12-step run; and scenario 7:
 no credential of the job's environment in MLflow, the job logs or the saved config."""
 
 from __future__ import annotations
@@ -16,23 +16,35 @@ from tests.jobs import (
     EXPERIMENT, STEPS_PER_EPOCH, experiment, step_history, tracked_run, training_workers, wait_for, worker_starts,
 )
 
-EPOCHS = 3
+EPOCHS = 4
 EVERY_STEPS = 2
+
+
+def kill_steps(rng: random.Random, total: int) -> list[int]:
+    """3 random steps in 2..total-2, at least 2 apart: each kill lands after the previous restart
+    has made new progress, and before the run ends."""
+    while True:
+        steps = sorted(rng.sample(range(2, total - 1), 3))
+        if all(b - a >= 2 for a, b in zip(steps, steps[1:])):
+            return steps
 
 
 def test_workers_killed_at_random_steps_resume_and_log_every_step_once(faults: FaultStack) -> None:
     seed = random.randrange(2**32)
     rng = random.Random(seed)
-    targets = sorted(rng.sample(range(2, EPOCHS * STEPS_PER_EPOCH), 3))
+    targets = kill_steps(rng, EPOCHS * STEPS_PER_EPOCH)
     config = experiment("kills", epochs=EPOCHS, zero_stage=2, every_steps=EVERY_STEPS, max_failures=3)
     kills: list[int] = []  # the step MLflow had reached at each kill
 
     def kill_at_targets() -> None:
-        since = time.time()
+        since, last = time.time(), 0
         for target in targets:
-            if not wait_for(lambda: logged_step(faults, "kills") >= target and training_workers(since), timeout=300):
+            # MLflow's step moves again only once the new workers are past the previous kill.
+            step = max(target, last + 1)
+            if not wait_for(lambda: logged_step(faults, "kills") >= step and training_workers(since), timeout=300):
                 return
-            kills.append(logged_step(faults, "kills"))
+            last = logged_step(faults, "kills")
+            kills.append(last)
             victim = rng.choice(training_workers(since))
             since = time.time()
             os.kill(victim.pid, signal.SIGKILL)
