@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: test install benchmark demo clean
+.PHONY: test install benchmark demo gpu-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +16,11 @@ test: install
 
 benchmark: install
 	$(BIN)/python benchmarks/octconv.py
+
+# The GPU acceptance run (benchmarks/gpu_acceptance.sh): on a machine with a GPU, after
+# `bash benchmarks/gpu_wheels.sh` prepared the wheels it lacks; results in $(OUT) (default gpu-results).
+gpu-check:
+	bash benchmarks/gpu_acceptance.sh
 
 # The CPU demo on a local stack (cluster/local/demo.sh; it installs first). KEEP_STACK=1 keeps the
 # stack up; DEMO_CLASSES, DEMO_VIDEOS_PER_CLASS, ... size the dataset.

@@ -16,7 +16,7 @@ from .dataset import (
     collate,
 )
 from .decode import VideoDecodeError, VideoInfo, VideoReader, decode_clip, decode_clips, probe_video
-from .device import KINETICS_MEAN, KINETICS_STD, model_input, normalize, slowfast_pathways
+from .device import KINETICS_MEAN, KINETICS_STD, DeviceInput, model_input, normalize, slowfast_pathways
 from .manifest import Manifest, VideoEntry, load_manifest, read_label_map, write_label_map
 from .sampling import ClipPlan, ClipSpec, Mode, multiview_plans, multiview_starts, train_plan, val_plan
 from .storage import RetryPolicy, open_url, retry_call
@@ -28,6 +28,7 @@ __all__ = [
     "BadVideoTracker",
     "ClipPlan",
     "ClipSpec",
+    "DeviceInput",
     "EvalTransform",
     "KINETICS_MEAN",
     "KINETICS_STD",

@@ -150,6 +150,10 @@ class KineticsDataset(Dataset):
     def __len__(self) -> int:
         return len(self.manifest) * self.views_per_video
 
+    @property
+    def num_videos(self) -> int:
+        return len(self.manifest)
+
     def set_epoch(self, epoch: int) -> None:
         """The epoch of ``int`` keys (the sampler's ``(epoch, index)`` keys carry their own)."""
         self.epoch = epoch
@@ -268,11 +272,13 @@ class KineticsDataset(Dataset):
 class ShardSampler(Sampler[tuple[int, int]]):
     """This rank's share of a dataset's items for one epoch, as ``(epoch, index)`` keys.
 
-    The items, shuffled by ``(seed, epoch)`` or in order, are padded by wrapping around to a
-    multiple of ``world_size`` (as DistributedSampler does) and cut into ``world_size``
-    contiguous equal shards: disjoint but for the padding, and covering all items. Contiguous
-    shards keep the views of a test video on one rank. Call :meth:`set_epoch` before each epoch;
-    its ``start`` resumes an epoch part-way without loading the items before it.
+    Items come in groups of ``group`` consecutive indices (the views of a test video) that are
+    never split. The groups, shuffled by ``(seed, epoch)`` or in order, are padded by wrapping
+    around to a multiple of ``world_size`` (as DistributedSampler does) and cut into
+    ``world_size`` contiguous equal shards: disjoint but for the padding, and covering all items.
+    So every video's views are on one rank, which decodes the video once. Call
+    :meth:`set_epoch` before each epoch; its ``start`` resumes an epoch part-way without loading
+    the items before it.
     """
 
     def __init__(
@@ -283,13 +289,14 @@ class ShardSampler(Sampler[tuple[int, int]]):
         world_size: int = 1,
         shuffle: bool = True,
         seed: int = 0,
+        group: int = 1,
     ) -> None:
-        if num_items < 1 or world_size < 1 or not 0 <= rank < world_size:
+        if num_items < 1 or world_size < 1 or not 0 <= rank < world_size or group < 1 or num_items % group:
             raise ValueError(
-                f"need num_items >= 1 and 0 <= rank < world_size; got num_items={num_items}, "
-                f"rank={rank}, world_size={world_size}"
+                f"need num_items >= 1, a multiple of group >= 1, and 0 <= rank < world_size; got "
+                f"num_items={num_items}, group={group}, rank={rank}, world_size={world_size}"
             )
-        self.num_items, self.rank, self.world_size = num_items, rank, world_size
+        self.num_items, self.rank, self.world_size, self.group = num_items, rank, world_size, group
         self.shuffle, self.seed, self.epoch, self.start = shuffle, seed, 0, 0
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
@@ -300,19 +307,23 @@ class ShardSampler(Sampler[tuple[int, int]]):
 
     @property
     def shard_size(self) -> int:
-        return math.ceil(self.num_items / self.world_size)
+        """Items per shard, padding included (the same on every rank)."""
+        return math.ceil(self.num_items // self.group / self.world_size) * self.group
 
     def __len__(self) -> int:
         return max(0, self.shard_size - self.start)
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
+        num_groups = self.num_items // self.group
         if self.shuffle:
-            order = torch.randperm(self.num_items, generator=_rng(self.seed, self.epoch))
+            order = torch.randperm(num_groups, generator=_rng(self.seed, self.epoch))
         else:
-            order = torch.arange(self.num_items)
-        size = self.shard_size
-        padded = order.repeat(math.ceil(size * self.world_size / self.num_items))
-        for index in padded[self.rank * size + self.start : (self.rank + 1) * size].tolist():
+            order = torch.arange(num_groups)
+        size = self.shard_size // self.group
+        padded = order.repeat(math.ceil(size * self.world_size / num_groups))
+        groups = padded[self.rank * size : (self.rank + 1) * size]
+        items = (groups[:, None] * self.group + torch.arange(self.group)).flatten()
+        for index in items[self.start :].tolist():
             yield self.epoch, index
 
 
@@ -325,7 +336,12 @@ def collate(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 
 class BadVideoTracker:
-    """Collects the bad videos reported in batches, in the process that consumes them.
+    """Which videos of a split a loader tried and found bad, in the process that consumes its batches.
+
+    Its size is fixed by the split: two flags per video (tried, bad), whatever the number of
+    steps or epochs, so ranks can merge what they met with one element-wise maximum. The
+    :class:`BadVideo` reports (a message per bad video) are kept for the run's log; they are
+    few, since training stops past ``max_bad_fraction``.
 
     Logs each bad video once (a warning with its URL and reason) and raises
     :class:`TooManyBadVideos` when more than ``max_bad_fraction`` of the distinct videos tried
@@ -333,20 +349,11 @@ class BadVideoTracker:
     (``check(final=True)``) for splits or shards smaller than that.
     """
 
-    def __init__(self, max_bad_fraction: float = 0.05, min_videos_tried: int = 500) -> None:
+    def __init__(self, num_videos: int, max_bad_fraction: float = 0.05, min_videos_tried: int = 500) -> None:
         self.max_bad_fraction, self.min_videos_tried = max_bad_fraction, min_videos_tried
+        self.tried = torch.zeros(num_videos, dtype=torch.bool)
+        self.bad = torch.zeros(num_videos, dtype=torch.bool)
         self.reports: dict[str, BadVideo] = {}
-        self._tried: set[int] = set()
-
-    @classmethod
-    def merged(cls, trackers: Sequence["BadVideoTracker"]) -> "BadVideoTracker":
-        """One tracker holding what ``trackers`` (say, every rank's) found and tried, judged by the
-        first one's limits."""
-        merged = cls(trackers[0].max_bad_fraction, trackers[0].min_videos_tried)
-        for tracker in trackers:
-            merged.reports.update(tracker.reports)
-            merged._tried.update(tracker._tried)
-        return merged
 
     @property
     def bad_videos(self) -> dict[str, str]:
@@ -356,13 +363,13 @@ class BadVideoTracker:
     @property
     def num_tried(self) -> int:
         """Distinct videos decoded or found bad so far."""
-        return len(self._tried)
+        return int(self.tried.sum())
 
     def update(self, batch: Mapping[str, Any]) -> None:
         """Record a :func:`collate` batch's videos and bad videos, then :meth:`check`."""
-        self._tried.update(torch.as_tensor(batch["video_index"]).tolist())
+        self.tried[torch.as_tensor(batch["video_index"])] = True
         for bad in batch["bad"]:
-            self._tried.add(bad.video_index)
+            self.tried[bad.video_index] = self.bad[bad.video_index] = True
             if bad.url not in self.reports:
                 self.reports[bad.url] = bad
                 logger.warning(
@@ -372,18 +379,23 @@ class BadVideoTracker:
 
     def check(self, final: bool = False) -> None:
         """Raise TooManyBadVideos past the limit; ``final`` judges however few were tried."""
-        tried, bad = self.num_tried, len(self.reports)
+        self.judge(self.num_tried, int(self.bad.sum()), self.reports.values(), final=final)
+
+    def judge(self, tried: int, bad: int, reports: Iterable[BadVideo], *, final: bool) -> None:
+        """Raise TooManyBadVideos if ``bad`` of ``tried`` videos is past this tracker's limit
+        (also for counts merged over ranks; ``reports`` give the examples)."""
         if not tried or (tried < self.min_videos_tried and not final):
             return
         if bad > self.max_bad_fraction * tried:
-            reasons = {}
-            for report in self.reports.values():
+            reports = list(reports)
+            reasons: dict[str, int] = {}
+            for report in reports:
                 reasons[report.reason] = reasons.get(report.reason, 0) + 1
             summary = ", ".join(f"{n} {reason}" for reason, n in sorted(reasons.items()))
             raise TooManyBadVideos(
                 f"{bad} of {tried} videos tried are unreadable ({summary}), more than "
                 f"max_bad_fraction={self.max_bad_fraction:.1%}; fix or drop them from the "
-                f"manifest, or raise max_bad_fraction. E.g.\n{_examples(self.reports.values())}"
+                f"manifest, or raise max_bad_fraction. E.g.\n{_examples(reports)}"
             )
 
 
@@ -419,8 +431,9 @@ class KineticsLoader:
             world_size=world_size,
             shuffle=training if shuffle is None else shuffle,
             seed=dataset.seed,
+            group=dataset.views_per_video,
         )
-        self.tracker = BadVideoTracker(dataset.max_bad_fraction, dataset.min_videos_tried)
+        self.tracker = BadVideoTracker(dataset.num_videos, dataset.max_bad_fraction, dataset.min_videos_tried)
         self.dataloader = DataLoader(
             dataset,
             batch_size,

@@ -16,6 +16,23 @@ KINETICS_MEAN = (0.45, 0.45, 0.45)
 KINETICS_STD = (0.225, 0.225, 0.225)
 
 
+def _check_batch(clips: torch.Tensor) -> None:
+    if clips.dim() != 5 or clips.dtype != torch.uint8:
+        raise ValueError(
+            f"expected a uint8 (B, C, T, H, W) batch, got {clips.dtype} {tuple(clips.shape)}"
+        )
+
+
+def _affine(mean: Sequence[float], std: Sequence[float], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(scale, shift)`` with ``x / 255 * scale - shift == (x / 255 - mean) / std``, per channel."""
+    if len(mean) != len(std) or min(std) <= 0:
+        raise ValueError(f"mean and std need one value per channel and std > 0; got {mean}, {std}")
+    stats = dict(dtype=torch.float32, device=device)
+    scale = (1 / (255 * torch.tensor(std, **stats))).view(-1, 1, 1, 1)
+    shift = (torch.tensor(mean, **stats) / torch.tensor(std, **stats)).view(-1, 1, 1, 1)
+    return scale, shift
+
+
 def normalize(
     clips: torch.Tensor,
     mean: Sequence[float] = KINETICS_MEAN,
@@ -26,18 +43,15 @@ def normalize(
 ) -> torch.Tensor:
     """uint8 ``(B, C, T, H, W)`` -> ``(x / 255 - mean) / std`` as ``dtype``, on ``clips``' device;
     in ``torch.channels_last_3d`` memory format when ``channels_last``."""
-    if clips.dim() != 5 or clips.dtype != torch.uint8:
-        raise ValueError(
-            f"expected a uint8 (B, C, T, H, W) batch, got {clips.dtype} {tuple(clips.shape)}"
-        )
-    channels = clips.shape[1]
-    if len(mean) != channels or len(std) != channels or min(std) <= 0:
-        raise ValueError(
-            f"mean and std need one value per channel ({channels}) and std > 0; got {mean}, {std}"
-        )
-    stats = dict(dtype=torch.float32, device=clips.device)
-    scale = (1 / (255 * torch.tensor(std, **stats))).view(-1, 1, 1, 1)
-    shift = (torch.tensor(mean, **stats) / torch.tensor(std, **stats)).view(-1, 1, 1, 1)
+    _check_batch(clips)
+    if len(mean) != clips.shape[1]:
+        raise ValueError(f"mean and std need one value per channel ({clips.shape[1]}); got {mean}, {std}")
+    return _apply_affine(clips, *_affine(mean, std, clips.device), dtype, channels_last)
+
+
+def _apply_affine(
+    clips: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, dtype: torch.dtype, channels_last: bool
+) -> torch.Tensor:
     if channels_last:
         clips = clips.contiguous(memory_format=torch.channels_last_3d)
     # float32 arithmetic whatever ``dtype``, so that bfloat16 inputs are rounded only once.
@@ -72,3 +86,36 @@ def model_input(
     SlowFast network (give its ``speed_ratio``; None for single-pathway networks)."""
     x = normalize(clips, mean, std, dtype=dtype, channels_last=channels_last)
     return x if speed_ratio is None else slowfast_pathways(x, speed_ratio)
+
+
+class DeviceInput:
+    """uint8 batches -> a model's input on ``device``, for a training or evaluation loop.
+
+    The batch is copied without blocking the host (from pinned memory, as a DataLoader with
+    ``pin_memory`` gives it), normalised with constants built once on ``device``, laid out
+    channels-last when asked, and split into ``[slow, fast]`` for a SlowFast network
+    (``speed_ratio``). The arithmetic is :func:`model_input`'s.
+    """
+
+    def __init__(
+        self,
+        device: torch.device | str,
+        speed_ratio: int | None = None,
+        *,
+        mean: Sequence[float] = KINETICS_MEAN,
+        std: Sequence[float] = KINETICS_STD,
+        dtype: torch.dtype = torch.float32,
+        channels_last: bool = False,
+    ) -> None:
+        self.device, self.speed_ratio = torch.device(device), speed_ratio
+        self.dtype, self.channels_last = dtype, channels_last
+        self.channels = len(mean)
+        self.scale, self.shift = _affine(mean, std, self.device)
+
+    def __call__(self, clips: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        _check_batch(clips)
+        if clips.shape[1] != self.channels:
+            raise ValueError(f"expected {self.channels} channels, got a batch of {tuple(clips.shape)}")
+        clips = clips.to(self.device, non_blocking=True)
+        x = _apply_affine(clips, self.scale, self.shift, self.dtype, self.channels_last)
+        return x if self.speed_ratio is None else slowfast_pathways(x, self.speed_ratio)

@@ -193,12 +193,17 @@ class OctConv(nn.Module):
         if not self.is_octave:
             return self._conv(x_h, self.weight_hh, self.bias_h, self.stride, self.groups)
         if self.groups > 1:
-            return self._forward_grouped(x_h, x_l)
+            return self.path_by_path(x)
         geometry = Geometry(self.stride, self.octave_pool, self.padding, self.dilation)
         return pack(*octave_conv(x_h, x_l, self.path_weights(), self.bias_h, self.bias_l, geometry))
 
-    def _forward_grouped(self, x_h: torch.Tensor, x_l: Optional[torch.Tensor]) -> Octave:
-        """Grouped and depthwise layers: the four (or two) paths one by one."""
+    def path_by_path(self, x: Octave) -> Octave:
+        """The layer's four (or two) paths one by one, on plain autograd ops.
+
+        Grouped and depthwise layers always run this way; for an ungrouped layer it computes
+        what the fused function does, and is the reference that function is tested against.
+        """
+        x_h, x_l = unpack(x)
         one = (1,) * self.dims
         if any(s != 1 for s in self.stride):
             x_l_on_grid = x_l

@@ -87,10 +87,11 @@ class _OctaveConv(torch.autograd.Function):
                 add_upsampled_(y_h, _conv(xs_l, w_lh, None, g), g.octave_pool)
         ctx.geometry, ctx.has_bias = g, (b_h is not None, b_l is not None)
         ctx.save_for_backward(x_h, x_l, w_hh, w_hl, w_lh, w_ll)
-        return y_h, y_l
+        # No None output: torch.compile cannot trace a backward that is handed a None gradient.
+        return y_h if y_l is None else (y_h, y_l)
 
     @staticmethod
-    def backward(ctx, grad_h, grad_l):
+    def backward(ctx, grad_h, grad_l=None):
         g = ctx.geometry
         x_h, x_l, w_hh, w_hl, w_lh, w_ll = ctx.saved_tensors
         need = dict(zip(["b_h", "b_l", "x_h", "x_l", "w_hh", "w_hl", "w_lh", "w_ll"], ctx.needs_input_grad[1:]))
@@ -143,6 +144,14 @@ class _OctaveConv(torch.autograd.Function):
         return (None, out["b_h"], out["b_l"], out["x_h"], out["x_l"], out["w_hh"], out["w_hl"], out["w_lh"], out["w_ll"])
 
 
+def _autocast_dtype(x: torch.Tensor) -> Optional[torch.dtype]:
+    """The dtype autocast runs a convolution of ``x`` in, or None when autocast is off on ``x``'s device."""
+    device = x.device.type
+    if torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    return None
+
+
 def octave_conv(
     x_h: torch.Tensor,
     x_l: Optional[torch.Tensor],
@@ -151,8 +160,25 @@ def octave_conv(
     bias_l: Optional[torch.Tensor],
     geometry: Geometry,
 ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """``(Y_H, Y_L)`` of an ungrouped octave layer; ``weights`` maps path names (hh, hl, lh, ll) to weights."""
-    return _OctaveConv.apply(
-        geometry, bias_h, bias_l, x_h, x_l,
-        weights["hh"], weights.get("hl"), weights.get("lh"), weights.get("ll"),
-    )
+    """``(Y_H, Y_L)`` of an ungrouped octave layer; ``weights`` maps path names (hh, hl, lh, ll) to weights.
+
+    Under ``torch.autocast`` the layer computes in the autocast dtype, as a plain convolution
+    would: inputs, weights and biases are cast once, here, and the function runs with autocast
+    off (what ``torch.amp.custom_fwd(cast_inputs=...)`` does, for the input's device type).
+    The casts are autograd ops, so each gradient comes back in its tensor's own dtype.
+    """
+    tensors = (bias_h, bias_l, x_h, x_l, weights["hh"], weights.get("hl"), weights.get("lh"), weights.get("ll"))
+    dtype = _autocast_dtype(x_h)
+    if dtype is None:
+        return _pair(_OctaveConv.apply(geometry, *tensors))
+
+    def cast(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        # Autocast's rule: float64 is left alone.
+        return t if t is None or t.dtype == torch.float64 else t.to(dtype)
+
+    with torch.autocast(x_h.device.type, enabled=False):
+        return _pair(_OctaveConv.apply(geometry, *map(cast, tensors)))
+
+
+def _pair(outputs: torch.Tensor | Tuple[torch.Tensor, torch.Tensor]) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    return (outputs, None) if isinstance(outputs, torch.Tensor) else outputs

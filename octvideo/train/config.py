@@ -35,6 +35,11 @@ class ModelConfig(_Section):
     num_classes: Optional[int] = Field(None, ge=1, description="None: the number of classes in the label map")
     pretrained: Optional[str] = Field(None, description="URL of a plain (alpha = 0) state dict to start from")
     dropout: float = Field(0.5, ge=0.0, lt=1.0)
+    memory_format: Literal["contiguous", "channels_last"] = Field(
+        "contiguous", description="layout of the activations; channels_last: torch.channels_last_3d"
+    )
+    compile: bool = Field(False, description="torch.compile the network the engine trains")
+    compile_backend: str = Field("inductor", description="torch.compile backend (inductor; aot_eager to debug)")
 
     @field_validator("name")
     @classmethod
@@ -91,6 +96,7 @@ class DataConfig(_Section):
     storage_options: Dict[str, Any] = Field(default_factory=dict)
     clip: ClipConfig = ClipConfig()
     workers: int = Field(4, ge=0, description="DataLoader worker processes per training worker")
+    prefetch_factor: int = Field(2, ge=1, description="batches each DataLoader worker keeps ready")
     decode_threads: int = Field(1, ge=0)
     max_bad_fraction: float = Field(0.05, ge=0.0, le=1.0)
     storage_timeout_s: float = Field(
@@ -119,17 +125,24 @@ class OptimConfig(_Section):
 
 
 class DeepSpeedConfig(_Section):
+    """DeepSpeed settings; bf16 / fp16 run as autocast over fp32 weights (octvideo.train.engine)."""
+
     zero_stage: Literal[0, 1, 2, 3] = 0
     precision: Literal["bf16", "fp16", "fp32"] = "bf16"
+    communication_dtype: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="dtype of the gradient all-reduce; the autocast dtype halves its traffic"
+    )
+    overlap_comm: bool = Field(True, description="ZeRO 2-3: reduce gradient buckets while the backward pass goes on")
+    reduce_bucket_size: Optional[int] = Field(None, ge=1, description="ZeRO 1-3: elements per gradient bucket; None: DeepSpeed's")
     offload_optimizer: bool = False
     offload_params: bool = False
 
     @model_validator(mode="after")
     def _combinations(self) -> "DeepSpeedConfig":
-        if self.zero_stage == 1 and self.precision == "bf16":
+        if self.communication_dtype != "fp32" and self.communication_dtype != self.precision:
             raise ValueError(
-                "zero_stage 1 with bf16 saves DeepSpeed's BF16_Optimizer checkpoints, which cannot be "
-                "consolidated into fp32 weights; use zero_stage 0, 2 or 3"
+                f"communication_dtype {self.communication_dtype} needs precision {self.communication_dtype} "
+                f"(got {self.precision}); gradients are fp32 otherwise"
             )
         if self.offload_params and self.zero_stage != 3:
             raise ValueError("offload_params needs zero_stage 3")
@@ -142,8 +155,17 @@ class ScalingConfig(_Section):
     num_workers: int = Field(2, ge=1, description="training workers: one per GPU")
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0, description="CPUs per worker, its DataLoader workers included")
-    gpus_per_worker: float = Field(1.0, ge=0)
+    gpus_per_worker: float = Field(1.0, ge=0, description="with use_gpu: exactly 1 (a worker drives one GPU)")
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+
+    @model_validator(mode="after")
+    def _one_gpu_per_worker(self) -> "ScalingConfig":
+        if self.use_gpu and self.gpus_per_worker != 1:
+            raise ValueError(
+                f"gpus_per_worker must be 1 with use_gpu (got {self.gpus_per_worker:g}): each worker trains "
+                "on one GPU, cuda:LOCAL_RANK, with one NCCL rank; use num_workers for more GPUs"
+            )
+        return self
 
 
 class CheckpointConfig(_Section):

@@ -3,8 +3,8 @@
 Video level (PySlowFast's multi-view test): the softmax of every view of a video (its clips x
 crops) is averaged, and the average is ranked. :func:`evaluate` runs a model over one rank's
 shard of a split and sums per-video scores across ranks, so the result is exact whatever the
-number of ranks: the padding a :class:`~octvideo.data.ShardSampler` adds (items repeated to even
-out the shards) is masked out, and a video whose views straddle two ranks' shards is summed.
+number of ranks: the padding a :class:`~octvideo.data.ShardSampler` adds (videos repeated to
+even out the shards) is masked out. Shards hold whole videos, so each is decoded once.
 """
 
 from __future__ import annotations
@@ -15,21 +15,26 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
-from octvideo.data import KineticsLoader, model_input
+from octvideo.data import KineticsLoader
+from octvideo.train.distributed import Collectives
 
 TOP_K = (1, 5)
 
 
-def topk_correct(scores: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] = TOP_K) -> list[int]:
+def topk_hits(scores: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] = TOP_K) -> list[torch.Tensor]:
     """How many rows of ``scores`` ``(N, C)`` have their label among their ``k`` best classes, per
-    ``k`` (``k`` beyond ``C`` counts as ``C``)."""
+    ``k`` (``k`` beyond ``C`` counts as ``C``), as 0-d tensors on ``scores``' device (no sync)."""
     if scores.ndim != 2 or labels.shape != scores.shape[:1]:
         raise ValueError(f"need scores (N, C) and labels (N,), got {tuple(scores.shape)} and {tuple(labels.shape)}")
     best = scores.topk(min(max(ks), scores.shape[1]), dim=1).indices
     hits = best == labels[:, None]
-    return [int(hits[:, : min(k, scores.shape[1])].any(dim=1).sum()) for k in ks]
+    return [hits[:, : min(k, scores.shape[1])].any(dim=1).sum() for k in ks]
+
+
+def topk_correct(scores: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] = TOP_K) -> list[int]:
+    """:func:`topk_hits` as ints."""
+    return [int(n) for n in topk_hits(scores, labels, ks)]
 
 
 def accuracy(scores: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] = TOP_K) -> dict[str, float]:
@@ -89,40 +94,38 @@ def evaluate(
     loader: KineticsLoader,
     num_classes: int,
     *,
-    device: torch.device,
-    dtype: torch.dtype = torch.float32,
-    speed_ratio: int | None = None,
+    inputs: Callable[[torch.Tensor], Any],
+    collectives: Collectives,
     ks: Sequence[int] = TOP_K,
 ) -> Evaluation:
     """Clip-level and video-level top-k and the video-level confusion matrix of ``forward`` over
-    a non-shuffled loader's split, summed over all ranks of the default process group when there
-    is one (every rank must call it: ZeRO-3 forwards are collective)."""
+    a non-shuffled loader's split, summed over all ranks (every rank must call it: ZeRO-3
+    forwards and the sums are collective). ``inputs`` turns a uint8 batch into the model's input
+    on the worker's device. Scores are summed on that device, straight into per-video rows."""
     if loader.sampler.shuffle:
         raise ValueError("evaluate needs a loader in split order (shuffle=False)")
-    num_items, num_videos = len(loader.dataset), len(loader.dataset.manifest)
-    first = loader.sampler.rank * len(loader.sampler)
-    sums = torch.zeros(num_videos, num_classes)
-    counts = torch.zeros(num_videos)
-    labels = torch.full((num_videos,), -1, dtype=torch.long)
-    clip_hits = torch.zeros(len(ks) + 1)  # correct per k, then clips
-    position = first
+    device = collectives.device
+    num_items, num_videos = len(loader.dataset), loader.dataset.num_videos
+    sums = torch.zeros(num_videos, num_classes, device=device)
+    counts = torch.zeros(num_videos, device=device)
+    labels = torch.full((num_videos,), -1, dtype=torch.long, device=device)
+    clip_hits = torch.zeros(len(ks) + 1, dtype=torch.float64, device=device)  # correct per k, then clips
+    position = loader.sampler.rank * loader.sampler.shard_size
     for batch in loader:
         size = len(batch["label"])
-        keep = torch.arange(position, position + size) < num_items  # drop the sampler's padding
+        keep = (torch.arange(position, position + size) < num_items).to(device, non_blocking=True)  # drop the padding
         position += size
-        logits = forward(model_input(batch["clip"].to(device), speed_ratio, dtype=dtype)).float().cpu()
-        logits, batch_labels = logits[keep], batch["label"][keep]
-        clip_hits += torch.tensor([*topk_correct(logits, batch_labels, ks), len(batch_labels)], dtype=torch.float)
-        batch_sums, batch_counts, batch_video_labels = video_scores(
-            logits, batch_labels, batch["video_index"][keep], num_videos
-        )
-        sums += batch_sums
-        counts += batch_counts
-        labels = torch.maximum(labels, batch_video_labels)
-    if dist.is_available() and dist.is_initialized():
-        for tensor in (sums, counts, clip_hits):
-            dist.all_reduce(tensor)
-        dist.all_reduce(labels, op=dist.ReduceOp.MAX)
+        logits = forward(inputs(batch["clip"])).float()[keep]
+        batch_labels = batch["label"].to(device, non_blocking=True)[keep]
+        video_index = batch["video_index"].to(device, non_blocking=True)[keep]
+        clip_hits += torch.stack([*topk_hits(logits, batch_labels, ks), torch.tensor(len(batch_labels), device=device)])
+        sums.index_add_(0, video_index, logits.softmax(dim=1))
+        counts.index_add_(0, video_index, torch.ones_like(video_index, dtype=counts.dtype))
+        labels.index_put_((video_index,), batch_labels)
+    for tensor in (sums, counts, clip_hits):
+        collectives.sum_(tensor)
+    collectives.max_(labels)
+    clip_hits, sums, counts, labels = clip_hits.cpu(), sums.cpu(), counts.cpu(), labels.cpu()
     metrics = {f"clip_top{k}": float(n / clip_hits[-1]) for k, n in zip(ks, clip_hits[:-1])}
     metrics.update({f"video_{name}": value for name, value in video_accuracy(sums, counts, labels, ks).items()})
     seen = counts > 0

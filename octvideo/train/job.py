@@ -7,8 +7,8 @@ tracked in MLflow from the driver (rank 0 of the workers logs the run's metrics)
 The run lives in ``{checkpoint.storage_path}/{checkpoint.name}`` (a folder or an fsspec/pyarrow
 URL shared by all nodes); running the same name again resumes from its latest checkpoint, and a
 failed worker is replaced and resumes from it too (``checkpoint.max_failures`` times). When
-training is done the latest checkpoint is consolidated into ``model_fp32.pt`` in the run folder
-(a plain fp32 ``state_dict`` for :func:`~octvideo.train.loop.build_network`), the training curves
+training is done the workers export the fp32 weights as ``model_fp32.pt`` in the run folder
+(a plain fp32 ``state_dict`` for :func:`~octvideo.train.engine.build_network`), the training curves
 are drawn from MLflow's history of the whole run, and the model is registered under
 ``tracking.registered_model_name`` with the test top-1 that decides its aliases.
 """
@@ -28,9 +28,10 @@ from octvideo.data import load_manifest, model_input
 from octvideo.data.storage import storage_error_message, storage_errors
 from octvideo.models import build_model
 from octvideo.profile import profile_model
-from octvideo.train.checkpoint import consolidated_state_dict, run_storage, write_fp32_weights
+from octvideo.train.checkpoint import load_weights
 from octvideo.train.config import ConfigError, ExperimentConfig, check_manifests, check_supported, config_to_dict
-from octvideo.train.loop import build_network, network_options, train_loop_per_worker
+from octvideo.train.engine import build_network, network_options
+from octvideo.train.loop import WEIGHTS_FILE, run_storage, train_loop_per_worker
 from octvideo.train.registry import Registration
 from octvideo.train.tracking import Tracker, start_tracker
 
@@ -128,18 +129,16 @@ def build_trainer(job: PreparedJob) -> TorchTrainer:
 
 
 def run_job(job: PreparedJob) -> JobResult:
-    """Train (or resume) to the end, export the consolidated fp32 weights, draw the training
+    """Train (or resume) to the end (the workers export the fp32 weights), draw the training
     curves and register the model. Starts a local Ray unless one is initialised or reachable
     (``RAY_ADDRESS``); raises Ray Train's error if training fails, after marking the MLflow
     run FAILED."""
     config, tracker = job.config, job.tracker
     try:
         result = build_trainer(job).fit()
-        if result.checkpoint is None:
-            raise RuntimeError(f"run {config.checkpoint.name} finished without a checkpoint")
-        with result.checkpoint.as_directory() as local:
-            state = consolidated_state_dict(local)
-        weights = write_fp32_weights(result.checkpoint, state)
+        weights = f"{result.path}/{WEIGHTS_FILE}"
+        with result.filesystem.open_input_file(weights) as file:
+            state = load_weights(file)
     except BaseException:
         tracker.close("FAILED")
         raise

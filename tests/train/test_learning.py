@@ -8,6 +8,7 @@ training job; only Ray and DeepSpeed are left out (the pipeline tests cover them
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ import torch.nn.functional as F
 from octvideo.data import KineticsDataset, KineticsLoader, model_input, write_synthetic_kinetics
 from octvideo.models import build_model
 from octvideo.train.config import OptimConfig
+from octvideo.train.distributed import Collectives
 from octvideo.train.evaluate import evaluate
 from octvideo.train.optim import build_optimizer, build_scheduler
 
@@ -80,7 +82,8 @@ def train_and_test(root: Path, shuffled: bool) -> dict[str, float]:
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return model(forward_input(x))
 
-    return evaluate(Shuffling(), test, CLASSES, device=torch.device("cpu")).metrics
+    inputs = functools.partial(model_input, speed_ratio=None)
+    return evaluate(Shuffling(), test, CLASSES, inputs=inputs, collectives=Collectives("cpu")).metrics
 
 
 def test_small_oct_i3d_learns_motion_only_classes(motion_dataset: Path) -> None:

@@ -17,7 +17,7 @@ import yaml
 
 from octvideo.data import write_synthetic_kinetics
 from octvideo.train.config import ExperimentConfig, parse_config
-from octvideo.train.loop import build_network, deepspeed_config
+from octvideo.train.engine import build_network, deepspeed_config
 from octvideo.train.tracking import NullTracker
 
 ray = pytest.importorskip("ray")
@@ -97,14 +97,24 @@ def experiment(dataset: Path, storage: Path, name: str, *, epochs: int, zero_sta
 def test_deepspeed_config_follows_the_experiment(dataset: Path, tmp_path: Path) -> None:
     config = experiment(dataset, tmp_path, "unused", epochs=2, zero_stage=3)
     options = deepspeed_config(config)
-    assert options["zero_optimization"] == {"stage": 3}
+    assert options["zero_optimization"] == {"stage": 3, "overlap_comm": True, "contiguous_gradients": True}
     assert options["gradient_clipping"] == 5.0
     assert options["train_micro_batch_size_per_gpu"] == 1 and options["gradient_accumulation_steps"] == 1
     assert options["zero_allow_untested_optimizer"] is True  # SGD under ZeRO
-    assert "bf16" not in options
-    bf16 = config.model_copy(update={"deepspeed": config.deepspeed.model_copy(update={"precision": "bf16"})})
-    assert deepspeed_config(bf16)["bf16"] == {"enabled": True}
-    assert deepspeed_config(bf16)["data_types"] == {"buffer_dtype": "bf16"}  # batch norm statistics too
+    assert "torch_autocast" not in options and "bf16" not in options
+
+    def with_deepspeed(**update):
+        return config.model_copy(update={"deepspeed": config.deepspeed.model_copy(update=update)})
+
+    # bf16 is autocast over fp32 weights (DeepSpeed's bf16 mode would cast batch norm too);
+    # gradients are reduced in fp32 unless communication_dtype says otherwise.
+    autocast = deepspeed_config(with_deepspeed(precision="bf16"))["torch_autocast"]
+    assert autocast == {"enabled": True, "dtype": "bfloat16", "lower_precision_safe_modules": []}
+    assert "bf16" not in deepspeed_config(with_deepspeed(precision="bf16"))
+    low = deepspeed_config(with_deepspeed(precision="bf16", communication_dtype="bf16"))["torch_autocast"]
+    assert "octvideo.nn.octconv.OctConv3d" in low["lower_precision_safe_modules"]
+    zero0 = deepspeed_config(with_deepspeed(zero_stage=0, reduce_bucket_size=10**7))
+    assert zero0["zero_optimization"] == {"stage": 0}
 
 
 @pytest.mark.parametrize("zero_stage", [2, 3])
