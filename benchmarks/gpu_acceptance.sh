@@ -14,11 +14,17 @@
 #      epoch, ZeRO-0 and ZeRO-2 in bf16 (alpha 0.5) and ZeRO-0 at alpha 0, each with a checkpoint,
 #      a restore in a fresh trainer, and the fp32 export.
 # Writes $OUT/gpu_acceptance.json (steps/s, clips/s, peak GPU memory, the alpha 0 vs 0.5 time
-# ratio, every check) and the logs; about 8 minutes on an H200.
+# ratio, every check) and the logs. Expected 5-6 minutes on an H200; the steps' time limits add up
+# to under 10 minutes. A dry run of the script itself on CPU, at toy sizes (what the CPU suite's
+# tests/test_benchmarks.py does):
+#   DEVICE=cpu DATA_WORKERS=0 MODEL=oct_i3d_r18 WIDTH=8 SIZE=32 FRAMES=4 BATCH=2 STEPS=4 bash benchmarks/gpu_acceptance.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-results}
+DEVICE=${DEVICE:-cuda} DATA_WORKERS=${DATA_WORKERS:-6} MODEL=${MODEL:-oct_i3d_r50} SIZE=${SIZE:-224} FRAMES=${FRAMES:-8} BATCH=${BATCH:-8} STEPS=${STEPS:-60}
+WIDTH_OPTION=${WIDTH:+--width $WIDTH}
 mkdir -p "$OUT"
+rm -f "$OUT/steps.txt"
 PYTHON=${PYTHON:-python3}
 
 if compgen -G ".whl/*.whl" > /dev/null; then
@@ -45,15 +51,17 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$OUT/gpu
 "$PYTHON" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())" >> "$OUT/gpu.txt" 2>&1
 cat "$OUT/gpu.txt"
 
-step gpu_tests 150 "$PYTHON" -m pytest tests/gpu -q -p no:cacheprovider -x
+step gpu_tests 100 "$PYTHON" -m pytest tests/gpu -q -p no:cacheprovider -x
 cp BENCHMARKS.md "$OUT/BENCHMARKS.md"
-step octconv 200 "$PYTHON" benchmarks/octconv.py --device cuda --rounds 5 --output "$OUT/BENCHMARKS.md" --json "$OUT/octconv.json"
+step octconv 220 "$PYTHON" benchmarks/octconv.py --device "$DEVICE" --size "$SIZE" --frames "$FRAMES" --rounds 3 \
+    --output "$OUT/BENCHMARKS.md" --json "$OUT/octconv.json"
 harness() {  # harness NAME OPTIONS...
     rm -rf "/tmp/harness-$1"
     mkdir -p "/tmp/harness-$1"
-    step "harness_$1" 150 "$PYTHON" -m octvideo.train.harness --device cuda --model oct_i3d_r50 --size 224 --frames 8 \
-        --batch 8 --steps 60 --log-every 10 --precision bf16 --data-workers 6 --bad-videos 2 \
-        --folder "/tmp/harness-$1" --output "$OUT/harness_$1.json" "${@:2}"
+    # shellcheck disable=SC2086
+    step "harness_$1" 90 "$PYTHON" -m octvideo.train.harness --device "$DEVICE" --model "$MODEL" $WIDTH_OPTION \
+        --size "$SIZE" --frames "$FRAMES" --batch "$BATCH" --steps "$STEPS" --log-every $((STEPS / 6 > 0 ? STEPS / 6 : 1)) \
+        --precision bf16 --data-workers "$DATA_WORKERS" --bad-videos 2 --folder "/tmp/harness-$1" --output "$OUT/harness_$1.json" "${@:2}"
 }
 harness zero0_alpha0.5 --zero-stage 0 --alpha 0.5
 harness zero2_alpha0.5 --zero-stage 2 --alpha 0.5

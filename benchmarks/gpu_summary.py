@@ -15,15 +15,15 @@ CHECKS = ("batch_norm_fp32", "eval_bn_sums_equal_across_ranks", "export_all_fp32
 
 def harness_row(name: str, result: dict[str, Any]) -> dict[str, Any]:
     args, first = result["args"], result["first"]
-    steps_per_s = first["steps_per_s"]
+    clips_per_s = first["clips_per_s"]
     failed = [f"{phase}.{check}" for phase in ("first", "resumed") for check in CHECKS if not result[phase][check]]
-    if set(result["first"]["collective_devices"]) - {"cuda", "object"}:
-        failed.append("collectives off the GPU")
+    if set(result["first"]["collective_devices"]) - {args["device"], "object"}:
+        failed.append(f"collectives off {args['device']}")
     if result["resumed_from_step"] != args["steps"]:
         failed.append("restore")
     return {
         "run": name, "alpha": args["alpha"], "zero_stage": args["zero_stage"],
-        "steps_per_s": steps_per_s, "clips_per_s": steps_per_s * args["batch"] * args["world_size"],
+        "steps_per_s": clips_per_s / (args["batch"] * args["world_size"]), "clips_per_s": clips_per_s,
         "peak_gpu_memory_gib": result.get("peak_gpu_memory_gib"),
         "bf16_representable_share": first["export_bf16_representable_share"],
         "test_video_top1": result["resumed"]["test_video_top1"], "failed_checks": failed,

@@ -18,11 +18,11 @@ writes the figures and the checks as JSON.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import os
 import socket
+import statistics
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -37,8 +37,6 @@ from octvideo.data import KineticsDataset, Manifest, VideoDecodeError, VideoEntr
 from octvideo.data.sampling import ClipPlan
 from octvideo.train.checkpoint import TrainState, load_engine, load_weights, save_engine, save_weights
 from octvideo.train.config import ExperimentConfig, parse_config
-from octvideo.train.distributed import Collectives
-from octvideo.train.engine import fp32_state_dict
 from octvideo.train.trainer import Trainer
 
 logger = logging.getLogger(__name__)
@@ -76,7 +74,7 @@ class SyntheticClips(KineticsDataset):
 
 class LocalRun:
     """A :class:`~octvideo.train.trainer.Run` on a local folder shared by the ranks: checkpoints
-    in ``checkpoint_<step>`` folders, rank 0's reports (with the time) kept in memory."""
+    in ``checkpoint_<step>`` folders, the reports kept in memory."""
 
     def __init__(self, folder: Path, rank: int) -> None:
         self.folder, self.rank, self.node = folder, rank, socket.gethostname()
@@ -87,7 +85,7 @@ class LocalRun:
         return load_engine(engine, str(done[-1].parent)) if done else None
 
     def report(self, metrics: Mapping[str, float], engine: Any, state: TrainState | None) -> None:
-        self.reports.append({**metrics, "time": time.perf_counter(), "checkpoint": state is not None})
+        self.reports.append(dict(metrics))
         if state is not None:
             save_engine(engine, state, str(self.folder / f"checkpoint_{state.global_step:06d}"))
 
@@ -207,7 +205,7 @@ def checks(trainer: Trainer, run: LocalRun, eval_bn_sums: list[float], calls: li
     eval_bn_sums_equal = len({tuple(s) for s in collectives.gather_objects(eval_bn_sums)}) == 1  # after rank 0 wrote
     with open(run.folder / "model_fp32.pt", "rb") as file:
         weights = load_weights(file)
-    steps = [r for r in run.reports if "val_clip_top1" not in r]
+    steps = [r for r in run.reports if "val_clip_top1" not in r]  # the step reports
     return {
         "device": str(trainer.device),
         "collective_devices": sorted({device for _, device, _ in calls}),
@@ -218,8 +216,8 @@ def checks(trainer: Trainer, run: LocalRun, eval_bn_sums: list[float], calls: li
         "global_steps": [int(r["global_step"]) for r in run.reports],
         "bad_videos": max(r["bad_videos"] for r in run.reports),
         "videos_tried": max(r["videos_tried"] for r in run.reports),
-        "steps_per_s": (steps[-1]["global_step"] - steps[0]["global_step"]) / (steps[-1]["time"] - steps[0]["time"])
-        if len(steps) > 1 else None,
+        # Median over the step windows but the first (warm-up); a window leaves out checkpoint saves.
+        "clips_per_s": statistics.median(r["clips_per_s"] for r in steps[1:]) if len(steps) > 1 else None,
         "test_video_top1": run.reports[-1].get("test_video_top1"),
         **export_check(trainer, weights, run.folder),
     }

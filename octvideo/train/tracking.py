@@ -3,11 +3,19 @@
 Only rank 0 talks to MLflow: :func:`start_tracker` gives every other rank a :class:`NullTracker`
 with the same methods, so the training loop calls the tracker unconditionally.
 
-Metrics never raise into the training loop. They are buffered (bounded) and sent in batches;
-when the tracking server is down, a warning is logged and they are sent with the next call, and
-:meth:`MLflowTracker.flush` retries with backoff for a bounded time. Each metric keeps the
-timestamp it was logged with, and MLflow ignores an identical metric sent twice, so a batch that
-reached the server but whose reply was lost is not duplicated by the retry.
+Metrics never raise into the training loop, nor make it wait on MLflow: logging one only puts it
+in a bounded buffer (beyond it the oldest are dropped, and counted), and a background thread of
+the tracker sends them, in order and in batches. A slow or unreachable server delays that thread
+alone, not the training step, so it cannot stall the other ranks at the next collective. When the
+server stops answering, a warning is logged once, metrics stay buffered and the thread retries
+with backoff (0.5 s, doubling up to 10 s); another warning says when it answers again.
+:meth:`MLflowTracker.flush` waits, for a bounded time, until what was logged before it was sent.
+Each metric keeps the timestamp it was logged with, and MLflow ignores an identical metric sent
+twice, so a batch that reached the server but whose reply was lost is not duplicated by the retry.
+
+A process that ends without :meth:`~MLflowTracker.flush` (a crashed worker) loses the metrics it
+still had buffered: those of the steps after its last checkpoint are logged again by the worker
+that resumes from it; older ones, buffered only during a tracking outage, are lost.
 
 MLflow holds one value per metric and step. A worker that fails resumes from the last checkpoint
 and runs again the steps it had done since (the same batches, from the same weights); the steps
@@ -22,9 +30,11 @@ import json
 import logging
 import os
 import re
+import threading
 import time
 from collections import deque
 from contextlib import contextmanager
+from itertools import islice
 from pathlib import Path
 from typing import Any, Dict, Iterator, Mapping, Optional, Protocol, Sequence
 from urllib.error import URLError
@@ -41,8 +51,10 @@ log = logging.getLogger(__name__)
 RUN_NAME_TAG = "octvideo.run_name"
 #: Metrics kept while the server is unreachable; the oldest are dropped beyond this.
 MAX_BUFFERED_METRICS = 100_000
-#: Seconds a single request may take while the training loop waits on it.
+#: Seconds a single request to MLflow may take before it counts as failed.
 REQUEST_TIMEOUT_SEC = 5
+#: Backoff of the metrics sender while the server does not answer: the first wait, and the longest.
+_FIRST_RETRY_SEC, _MAX_RETRY_SEC = 0.5, 10.0
 _SECRET_WORDS = ("key", "secret", "token", "password", "passwd", "credential", "session", "auth")
 _SECRET_KEY = re.compile(r"(^|[_.-])(" + "|".join(_SECRET_WORDS) + r")($|[_.-])|secret|password|token", re.I)
 _URL_USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^/@\s]+@", re.I)
@@ -129,21 +141,35 @@ def config_params(config: ExperimentConfig) -> Dict[str, str]:
     }
 
 
+_quick_lock = threading.Lock()
+_quick_users = 0  # threads inside _quick_requests
+_quick_saved: Dict[str, Optional[str]] = {}  # the settings they replaced
+
+
 @contextmanager
 def _quick_requests(timeout_sec: float) -> Iterator[None]:
     """MLflow HTTP calls without MLflow's own retries (minutes by default) and a short timeout:
-    the tracker does its own retrying so that the training loop never waits long."""
+    the tracker does its own retrying. MLflow reads both from the environment, so they hold for
+    the whole process while any thread is inside: the first one in sets them, the last one out
+    restores them."""
+    global _quick_users
     names = ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")
-    saved = {name: os.environ.get(name) for name in names}
-    os.environ.update({names[0]: "0", names[1]: str(max(1, int(timeout_sec)))})
+    with _quick_lock:
+        if _quick_users == 0:
+            _quick_saved.update({name: os.environ.get(name) for name in names})
+            os.environ.update({names[0]: "0", names[1]: str(max(1, int(timeout_sec)))})
+        _quick_users += 1
     try:
         yield
     finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+        with _quick_lock:
+            _quick_users -= 1
+            if _quick_users == 0:
+                for name, value in _quick_saved.items():
+                    if value is None:
+                        os.environ.pop(name, None)
+                    else:
+                        os.environ[name] = value
 
 
 class Tracker(Protocol):
@@ -211,11 +237,12 @@ class MLflowTracker:
     """The MLflow run of training run ``run_name`` in ``experiment``, created or resumed.
 
     Picklable, for Ray Train's ``train_loop_config``: a copy sent to a worker logs to the same
-    run with its own client (and its own copy of the metrics still queued when it was sent).
+    run with its own client and sender thread (and its own copy of the metrics still queued when
+    it was sent).
 
     The config and label map are sent at once and raise on failure (they are logged before
-    training, right after the server was checked); metrics go through the bounded retry buffer,
-    and figures that cannot be sent are skipped with a warning.
+    training, right after the server was checked); metrics go through the bounded buffer and the
+    sender thread, and figures that cannot be sent are skipped with a warning.
     """
 
     def __init__(
@@ -231,9 +258,13 @@ class MLflowTracker:
         self._client: Any = None
         self._timeout = request_timeout_sec
         self._pending: deque = deque(maxlen=max_buffered)
+        self._queued = 0  # metrics ever queued: those before the first of _pending left the buffer
         self._dropped = 0
-        self._last_step: Dict[str, int] = {}  # per metric: the highest step MLflow has
-        self._failing = False
+        self._retry_now = False  # a flush asks the sender not to wait out its backoff
+        self._changed = threading.Condition()  # guards the four above; never held during a request
+        self._sender: Optional[threading.Thread] = None  # started on first use in the process
+        self._last_step: Dict[str, int] = {}  # sender thread only; per metric: the highest step MLflow has
+        self._failing = False  # sender thread only
         if "'" in run_name or "\\" in run_name:
             raise ValueError(f"run name {run_name!r} must not contain quotes or backslashes")
         experiment_id = self._experiment_id(experiment)
@@ -262,8 +293,16 @@ class MLflowTracker:
         return self._client
 
     def __getstate__(self) -> Dict[str, Any]:
-        # A copy in another process asks MLflow which steps it has (another copy may have logged).
-        return {**self.__dict__, "_client": None, "_last_step": {}}
+        # A copy in another process asks MLflow which steps it has (another copy may have logged),
+        # and makes its own client and sender thread.
+        with self._changed:
+            return {
+                **self.__dict__, "_pending": self._pending.copy(), "_client": None, "_last_step": {},
+                "_changed": None, "_sender": None,
+            }
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        self.__dict__.update(state, _changed=threading.Condition())
 
     def _experiment_id(self, name: str) -> str:
         experiment = self.client.get_experiment_by_name(name)
@@ -303,12 +342,13 @@ class MLflowTracker:
             log.warning("could not log bad_videos.json to MLflow: %s", err)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
-        """Queue ``metrics`` at ``step`` and send all that are queued; never raises."""
-        for key, value in metrics.items():
-            if len(self._pending) == self._pending.maxlen:
-                self._dropped += 1
-            self._pending.append(_metric(key, value, step))
-        self._send()
+        """Queue ``metrics`` at ``step`` for the sender thread; never waits on MLflow."""
+        new = [_metric(key, value, step) for key, value in metrics.items()]
+        with self._changed:
+            self._dropped += max(0, len(self._pending) + len(new) - self._pending.maxlen)
+            self._pending.extend(new)
+            self._queued += len(new)
+            self._wake_sender()
 
     def log_epoch_metrics(self, metrics: Mapping[str, float], epoch: int) -> None:
         """Like :meth:`log_metrics`, as ``epoch/<name>`` with the epoch as step."""
@@ -349,18 +389,21 @@ class MLflowTracker:
                               run_id=self.run_id, **details)
 
     def flush(self, timeout_sec: float = 60.0) -> int:
-        """Send what is queued, retrying with backoff for at most ``timeout_sec``; return how
-        many metrics could not be sent (logged as an error, with those dropped by the bound)."""
-        deadline = time.monotonic() + timeout_sec
-        delay = 0.5
-        while not self._send() and time.monotonic() + delay < deadline:
-            time.sleep(delay)
-            delay = min(delay * 2, 10.0)
-        lost = len(self._pending) + self._dropped
+        """Wait at most ``timeout_sec`` until the metrics queued so far were sent (the sender tries
+        again at once, then with backoff); return how many could not be sent (logged as an
+        error, with those dropped by the bound)."""
+        with self._changed:
+            queued = self._queued
+            if self._pending:
+                self._retry_now = True
+                self._wake_sender()
+                self._changed.wait_for(lambda: self._queued - len(self._pending) >= queued, timeout_sec)
+            waiting, dropped = len(self._pending), self._dropped
+        lost = waiting + dropped
         if lost:
             log.error(
                 "%d metrics could not be sent to MLflow at %s (%d still queued, %d dropped from a full "
-                "buffer)", lost, self.tracking_uri, len(self._pending), self._dropped,
+                "buffer)", lost, self.tracking_uri, waiting, dropped,
             )
         return lost
 
@@ -373,18 +416,47 @@ class MLflowTracker:
         except Exception as err:
             log.warning("could not mark MLflow run %s %s: %s", self.run_id, status, err)
 
-    def _send(self) -> bool:
-        """Send queued metrics in order, batch by batch; False if some are still queued."""
+    def _wake_sender(self) -> None:
+        """Wake the sender thread, started here on first use in this process; the lock is held."""
+        if self._sender is None:
+            self._sender = threading.Thread(target=self._send_forever, name="mlflow-metrics", daemon=True)
+            self._sender.start()
+        self._changed.notify_all()
+
+    def _send_forever(self) -> None:
+        """The sender thread: send what is queued; after a failed attempt, wait with backoff before
+        the next one, unless a flush asks for it now."""
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(self.tracking_uri)  # its own: MlflowClient is not documented thread-safe
+        delay = _FIRST_RETRY_SEC
+        while True:
+            with self._changed:
+                self._changed.wait_for(lambda: self._pending)
+                self._retry_now = False
+            if self._send(client):
+                delay = _FIRST_RETRY_SEC
+                continue
+            with self._changed:
+                hurried = self._changed.wait_for(lambda: self._retry_now, delay)
+            delay = _FIRST_RETRY_SEC if hurried else min(2 * delay, _MAX_RETRY_SEC)
+
+    def _send(self, client: Any) -> bool:
+        """Send queued metrics in order, batch by batch; False if the server did not answer."""
         from mlflow.utils.validation import MAX_METRICS_PER_BATCH
 
-        while self._pending:
-            batch = [self._pending[i] for i in range(min(len(self._pending), MAX_METRICS_PER_BATCH))]
+        while True:
+            with self._changed:
+                first = self._queued - len(self._pending)  # the number of the batch's first metric
+                batch = list(islice(self._pending, MAX_METRICS_PER_BATCH))
+            if not batch:
+                return True
             try:
                 with _quick_requests(self._timeout):
-                    new = [metric for metric in batch if metric.step > self._logged_through(metric.key)]
+                    new = self._unlogged(batch, client)
                     if new:
-                        self.client.log_batch(self.run_id, metrics=new)
-            except Exception as err:  # an outage of any kind: keep the metrics for the next call
+                        client.log_batch(self.run_id, metrics=new)
+            except Exception as err:  # an outage of any kind: keep the metrics for the next attempt
                 if not self._failing:
                     log.warning(
                         "MLflow at %s is not answering (%s); buffering metrics and retrying",
@@ -392,19 +464,35 @@ class MLflowTracker:
                     )
                 self._failing = True
                 return False
+            if self._failing:
+                log.warning("MLflow at %s answers again; sending the buffered metrics", self.tracking_uri)
+                self._failing = False
             for metric in new:
                 self._last_step[metric.key] = max(self._last_step[metric.key], metric.step)
-            for _ in batch:
-                self._pending.popleft()
-        if self._failing:
-            log.warning("MLflow at %s answers again; buffered metrics sent", self.tracking_uri)
-            self._failing = False
-        return True
+            with self._changed:
+                # A full buffer may have dropped the oldest of the batch meanwhile: sent after all.
+                dropped_sent = min(self._queued - len(self._pending), first + len(batch)) - first
+                self._dropped -= dropped_sent
+                for _ in range(len(batch) - dropped_sent):
+                    self._pending.popleft()
+                self._changed.notify_all()  # for flush
 
-    def _logged_through(self, key: str) -> int:
+    def _unlogged(self, batch: Sequence[Any], client: Any) -> list:
+        """The metrics of ``batch`` whose step MLflow does not have yet (the first one of each step)."""
+        through: Dict[str, int] = {}
+        new = []
+        for metric in batch:
+            if metric.key not in through:
+                through[metric.key] = self._logged_through(metric.key, client)
+            if metric.step > through[metric.key]:
+                new.append(metric)
+                through[metric.key] = metric.step
+        return new
+
+    def _logged_through(self, key: str, client: Any) -> int:
         """The highest step of metric ``key`` in the run (-1 if none); asked once per process."""
         if key not in self._last_step:
-            history = self.client.get_metric_history(self.run_id, key)
+            history = client.get_metric_history(self.run_id, key)
             self._last_step[key] = max((metric.step for metric in history), default=-1)
         return self._last_step[key]
 

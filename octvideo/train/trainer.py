@@ -24,7 +24,8 @@ sampler starts the epoch after the batches already done, so they are not loaded 
 Batch norm: running statistics are averaged over the ranks before every evaluation and before
 the export, so every rank evaluates the same network and the export is the run's, not rank 0's.
 
-Tracking: the tracker (:class:`~octvideo.train.tracking.Tracker`) is called on rank 0 only: every
+Tracking: the tracker (:class:`~octvideo.train.tracking.Tracker`) is used on rank 0 only (the
+others get a :class:`~octvideo.train.tracking.NullTracker`): every
 report's metrics by global step, each epoch's by epoch, the test's confusion matrix and
 per-class accuracy as figures, and the training split's unreadable videos (URL -> reason, with
 those its Kinetics CSV lists but that have no file, counted as ``missing_videos``) as
@@ -116,10 +117,10 @@ class Trainer:
 
     def __init__(self, config: ExperimentConfig, run: Run, datasets: Datasets, tracker: Tracker | None = None) -> None:
         self.config, self.run, self.datasets = config, run, datasets
-        self.tracker: Tracker = tracker or NullTracker()
         torch.manual_seed(config.seed)
         collectives = Collectives("cpu")  # rank and world size only; the device comes with the engine
         self.rank, self.world_size = collectives.rank, collectives.world_size
+        self.tracker: Tracker = tracker if tracker is not None and self.rank == 0 else NullTracker()
         self.train_loader = self._loader(datasets("train"), config.optim.batch_size_per_worker)
         accumulation = config.optim.grad_accumulation
         self.steps_per_epoch = len(self.train_loader) // accumulation
@@ -216,13 +217,13 @@ class Trainer:
         if self.state.epoch == self.config.optim.epochs:
             test_metrics, test = self._evaluate(self._eval_loader("test"), "test")
             metrics.update(test_metrics)
-            if self.rank == 0:
+            if self.rank == 0:  # figures are drawn only where they are logged
                 class_names = self.train_loader.dataset.manifest.class_names
                 self.tracker.log_figure(plot_confusion_matrix(test.confusion, class_names), "plots/test_confusion_matrix.png")
                 self.tracker.log_figure(plot_per_class_accuracy(test.confusion, class_names), "plots/test_per_class_accuracy.png")
         if self.rank == 0:
             logger.info("epoch %d done: %s", self.state.epoch, metrics)
-            self.tracker.log_epoch_metrics(metrics, self.state.epoch)
+        self.tracker.log_epoch_metrics(metrics, self.state.epoch)
         self._report(metrics, checkpoint=True)
 
     def _check_bad_videos(self, tried: int, bad: int) -> None:
@@ -233,7 +234,7 @@ class Trainer:
             reports.update(rank_reports)
         self.train_loader.tracker.judge(tried, bad, reports.values(), final=True)
         missing = self.train_loader.dataset.manifest.missing  # skipped from the start: not in the share
-        if self.rank == 0 and (reports or missing):
+        if reports or missing:
             self.tracker.log_bad_videos({**dict.fromkeys(missing, "not found"), **{u: r.reason for u, r in reports.items()}})
 
     def _evaluate(self, loader: KineticsLoader, prefix: str) -> tuple[dict[str, float], Evaluation]:
@@ -249,8 +250,7 @@ class Trainer:
             "global_step": float(self.engine.global_steps),
             "skipped_steps": float(self.engine.skipped_steps),
         }
-        if self.rank == 0:
-            self.tracker.log_metrics(metrics, self.engine.global_steps)
+        self.tracker.log_metrics(metrics, self.engine.global_steps)
         self.run.report(metrics, self.engine, self.state if checkpoint else None)
 
     def finish(self) -> None:

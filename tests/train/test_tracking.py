@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from urllib.request import urlopen
@@ -31,6 +32,7 @@ from octvideo.train.tracking import (
     resolve_tracking_uri,
     start_tracker,
 )
+from tests.faults.proxy import FaultyProxy
 
 FAKE_SECRET = "fake-Secret-7f3a9c"
 FAKE_ENV_SECRET = "fake-env-credential-51b2"
@@ -145,7 +147,7 @@ def _start_server(store: Path, port: int, cwd: Path) -> subprocess.Popen:
          "--port", str(port), "--workers", "1"],
         cwd=cwd, stdout=open(cwd / "server.log", "ab"), stderr=subprocess.STDOUT, start_new_session=True,
     )
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 180  # a minute and more on a busy 2-core machine
     while time.monotonic() < deadline:
         try:
             urlopen(f"http://127.0.0.1:{port}/health", timeout=1).close()
@@ -173,6 +175,7 @@ def test_metrics_survive_a_server_outage(tmp_path, caplog):
         tracker = MLflowTracker(uri, "exp", "outage", request_timeout_sec=2)
         for step in range(5):
             tracker.log_metrics({"loss": 10.0 - step}, step)
+        assert tracker.flush() == 0
         _stop(server)
         with caplog.at_level(logging.WARNING, logger="octvideo.train.tracking"):
             for step in range(5, 10):
@@ -190,6 +193,75 @@ def test_metrics_survive_a_server_outage(tmp_path, caplog):
         _stop(server)
 
 
+def test_log_metrics_does_not_wait_on_a_server_that_hangs(tmp_path, caplog):
+    """A server that takes requests but does not answer holds up the sender thread, not the
+    training step; flush waits no longer than it is told, and once the server answers again
+    every step arrives once."""
+    store, port = tmp_path / "server.db", free_port()
+    MlflowClient(f"sqlite:///{store}").search_experiments()
+    server = _start_server(store, port, tmp_path)
+    proxy = FaultyProxy(port)
+    try:
+        tracker = MLflowTracker(proxy.url, "exp", "hang", request_timeout_sec=3)
+        tracker.log_metrics({"loss": 0.0}, 0)
+        assert tracker.flush(timeout_sec=10) == 0
+        proxy.freeze_on(rb"POST /api/2\.0/mlflow/runs/log-batch")  # no traffic from the next batch on
+        with caplog.at_level(logging.WARNING, logger="octvideo.train.tracking"):
+            seconds = []
+            for step in range(1, 21):  # 4 s of training: a request times out meanwhile
+                started = time.monotonic()
+                tracker.log_metrics({"loss": float(step)}, step)
+                seconds.append(time.monotonic() - started)
+                time.sleep(0.2)
+            assert proxy.frozen.is_set() and max(seconds) < 0.5  # the request timeout is 3 s
+            started = time.monotonic()
+            assert tracker.flush(timeout_sec=1) == 20
+            assert time.monotonic() - started < 2
+            assert "not answering" in caplog.text
+            proxy.thaw()
+            assert tracker.flush(timeout_sec=30) == 0
+        assert "answers again" in caplog.text
+        history = MlflowClient(proxy.url).get_metric_history(tracker.run_id, "loss")
+        assert sorted((m.step, m.value) for m in history) == [(s, float(s)) for s in range(21)]
+    finally:
+        proxy.close()
+        _stop(server)
+
+
+def test_flush_waits_until_everything_logged_before_is_in_mlflow(sqlite_uri):
+    """Sent in several batches, every step is in MLflow once after flush, with its first value
+    (steps logged again, as after a resume, are not sent again)."""
+    tracker = MLflowTracker(sqlite_uri, "exp", "batches")
+    steps = 1200  # 2400 metrics, and 200 logged again: batches of at most 1000
+    for step in range(steps):
+        tracker.log_metrics({"loss": 1.0 / (step + 1), "global_step": step}, step)
+    for step in range(steps - 100, steps):
+        tracker.log_metrics({"loss": -1.0, "global_step": step}, step)
+    assert tracker.flush() == 0
+    client = MlflowClient(sqlite_uri)
+    for key, values in (("loss", [1.0 / (s + 1) for s in range(steps)]), ("global_step", list(range(steps)))):
+        history = sorted(client.get_metric_history(tracker.run_id, key), key=lambda m: m.step)
+        assert [m.step for m in history] == list(range(steps))
+        assert [m.value for m in history] == values
+
+
+def test_a_tracker_pickled_while_its_thread_runs_logs_to_the_same_run(sqlite_uri):
+    """As Ray ships the driver's tracker to the workers: the copy logs with a thread of its own."""
+    tracker = MLflowTracker(sqlite_uri, "exp", "pickled")
+    threads = threading.active_count()
+    for step in range(3):
+        tracker.log_metrics({"loss": float(step)}, step)
+    assert threading.active_count() == threads + 1  # the sender, started by the first call
+    copy = pickle.loads(pickle.dumps(tracker))  # maybe while the thread sends: the copy has them queued
+    assert tracker.flush() == 0
+    for step in range(3, 6):
+        copy.log_metrics({"loss": float(step)}, step)
+    assert threading.active_count() == threads + 2
+    assert copy.flush() == 0 and copy.run_id == tracker.run_id
+    history = MlflowClient(sqlite_uri).get_metric_history(tracker.run_id, "loss")
+    assert sorted((m.step, m.value) for m in history) == [(s, float(s)) for s in range(6)]
+
+
 def test_a_resumed_worker_does_not_log_a_step_twice(sqlite_uri):
     """A worker resumed from a checkpoint at step 3, after the failed one had logged up to step 5,
     sends steps 4-5 again: MLflow keeps one value per step, the first; steps 6-8 follow."""
@@ -197,10 +269,12 @@ def test_a_resumed_worker_does_not_log_a_step_twice(sqlite_uri):
     resumed = pickle.loads(pickle.dumps(failed))  # as Ray sends it to the new worker
     for step in range(1, 6):
         failed.log_metrics({"loss": float(step), "global_step": step}, step)
+    assert failed.flush() == 0
     for step in range(4, 9):
         resumed.log_metrics({"loss": step + 0.5, "global_step": step}, step)
     resumed.log_epoch_metrics({"val_top1": 0.5}, 1)
     resumed.log_epoch_metrics({"val_top1": 0.6}, 1)  # the same epoch's report after another restart
+    assert resumed.flush() == 0
     client = MlflowClient(sqlite_uri)
     history = sorted(client.get_metric_history(failed.run_id, "loss"), key=lambda m: m.step)
     assert [m.step for m in history] == list(range(1, 9))
