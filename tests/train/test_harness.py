@@ -91,3 +91,17 @@ def test_the_exported_weights_load_into_the_plain_network(zero0: dict[str, Any])
     model.load_state_dict(state)
     with torch.no_grad():
         assert torch.isfinite(model.eval()(torch.randn(1, 3, 4, 32, 32))).all()
+
+
+def test_the_gpu_acceptance_summary_reads_the_harness_results(zero0: dict[str, Any], tmp_path: Path) -> None:
+    """benchmarks/gpu_summary.py (the last step of benchmarks/gpu_acceptance.sh) on a real harness result."""
+    (tmp_path / "harness_zero0_alpha0.5.json").write_text(json.dumps(zero0))
+    (tmp_path / "steps.txt").write_text("gpu_tests 0 12\nharness_zero0_alpha0.5 0 40\n")
+    (tmp_path / "gpu.txt").write_text("cpu (a dry run)\n")
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_summary.py"
+    completed = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert completed.returncode == 0, completed.stderr
+    summary = json.loads((tmp_path / "gpu_acceptance.json").read_text())
+    (run,) = summary["harness"]
+    assert summary["passed"] and run["failed_checks"] == [] and run["clips_per_s"] > 0
+    assert "| zero0_alpha0.5 |" in completed.stdout
