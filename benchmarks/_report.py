@@ -9,18 +9,21 @@ from pathlib import Path
 import torch
 
 
-def machine_name(device: str) -> str:
-    if device == "cuda":
-        return torch.cuda.get_device_name()
-    cpu = platform.processor() or platform.machine()
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), e.g. "Intel(R) Xeon(R) Processor"."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return f"{cpu}, {torch.get_num_threads()} threads"
+    return platform.processor() or platform.machine()
+
+
+def machine_name(device: str) -> str:
+    if device == "cuda":
+        return torch.cuda.get_device_name()
+    return f"{cpu_model()}, {torch.get_num_threads()} threads"
 
 
 def write_section(path: Path, title: str, body: str) -> None:

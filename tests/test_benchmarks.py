@@ -11,15 +11,21 @@ def test_octconv_benchmark_runs_and_writes_its_section(tmp_path):
     out = tmp_path / "BENCHMARKS.md"
     out.write_text("# Benchmarks\n\n## Other section\n\nkept\n")
     cmd = [sys.executable, str(ROOT / "benchmarks" / "octconv.py"), "--size", "32", "--frames", "4",
-           "--rounds", "1", "--alphas", "0", "0.5", "--output", str(out)]
+           "--rounds", "1", "--alphas", "0", "0.25", "0.5", "--threads", "1", "--compile", "eager",
+           "--output", str(out)]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     text = out.read_text()
     assert "## Other section\n\nkept" in text
-    assert "| 0.5 |" in text and "At alpha = 0.5 (channels-last): time ratio" in text
-    # A second run replaces its own section rather than appending another.
+    # Both regimes, both layouts, each table named with the CPU it ran on, the goals checked.
+    for label in ("training, batch 2, channels-last, 2 threads", "training, batch 2, contiguous, 2 threads",
+                  "inference, batch 1, channels-last, 1 thread", "inference, batch 1, contiguous, 1 thread"):
+        assert f"{label}, eager (" in text
+        assert f"At alpha = 0.5 ({label}, eager): time ratio" in text
+    assert "| 0.5 |" in text and text.count("activation memory") >= 2 and "At alpha = 0.25: " in text
+    # A second run replaces its own section (one per CPU model) rather than appending another.
     subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=True)
-    assert out.read_text().count("## Oct-I3D-R50 forward + backward") == 1
+    assert out.read_text().count("## Oct-I3D-R50, CPU fp32: ") == 1
 
 
 def test_decode_benchmark_runs_and_writes_its_section(tmp_path):

@@ -86,8 +86,13 @@ class StorageUnavailable(RuntimeError):
     @classmethod
     def after(cls, what: str, seconds: float, error: BaseException) -> "StorageUnavailable":
         """The error for ``what`` (say, "reading s3://...") failing with ``error`` for ``seconds``."""
+        return cls.failed(f"{what} kept failing for {seconds:.0f} s", error)
+
+    @classmethod
+    def failed(cls, what: str, error: BaseException) -> "StorageUnavailable":
+        """The error for ``what`` failing with the transient ``error``, after the caller's retries."""
         return cls(
-            f"storage unavailable: {what} kept failing for {seconds:.0f} s ({type(error).__name__}: {error}); "
+            f"storage unavailable: {what} ({type(error).__name__}: {error}); "
             "check that the object store is up and reachable from every node"
         )
 

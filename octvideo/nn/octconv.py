@@ -16,8 +16,9 @@ stride and the paths run at stride 1; when the stride equals the octave factor t
 L->H path lands on the high output grid directly and needs no upsampling.
 
 Implementation: ungrouped layers run as one autograd function (``octconv_function``):
-three convolutions (H->H, a fused low-output convolution, L->H), no pooled copies
-kept for backward, gradients accumulated in place. Grouped and depthwise layers
+the four path convolutions, no pooled copies kept for backward, gradients accumulated
+in place. Every convolution, plain layers' too, runs on the CPU backend that
+``convolution`` picks. Grouped and depthwise layers
 run path by path on plain autograd ops. With ``alpha_in == alpha_out == 0`` the layer is exactly a
 plain strided convolution.
 """
@@ -28,9 +29,9 @@ import math
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from .convolution import convolution
 from .grid import add_upsampled_, downsample, low_size
 from .octave import Octave, OctaveChannels, as_channels, pack, unpack
 from .octconv_function import Geometry, octave_conv
@@ -184,8 +185,7 @@ class OctConv(nn.Module):
     # -- forward --------------------------------------------------------------------------------
 
     def _conv(self, x: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Tensor], stride, groups: int):
-        conv = F.conv3d if self.dims == 3 else F.conv2d
-        return conv(x, w, bias, stride, self.padding, self.dilation, groups)
+        return convolution(x, w, bias, stride, self.padding, self.dilation, groups)
 
     def forward(self, x: Octave) -> Octave:
         x_h, x_l = unpack(x)

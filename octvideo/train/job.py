@@ -25,7 +25,7 @@ import torch
 from ray.train.torch import TorchTrainer
 
 from octvideo.data import load_manifest, model_input
-from octvideo.data.storage import storage_error_message, storage_errors
+from octvideo.data.storage import StorageUnavailable, is_transient, storage_error_message, storage_errors
 from octvideo.models import build_model
 from octvideo.profile import profile_model
 from octvideo.train.checkpoint import load_weights
@@ -152,12 +152,18 @@ def run_job(job: PreparedJob) -> JobResult:
 
 def training_failure(error: BaseException) -> str:
     """What made training fail, for one line under the log: the first failed worker's error
-    (Ray Train wraps it with its traceback, which the log already holds), else Ray's message."""
+    (Ray Train wraps it with its traceback, which the log already holds), else Ray's message.
+    A raw connection error is storage that stayed down through the client's own retries: Ray
+    Train's writes of the run state, or a worker's storage call."""
     for rank, failure in sorted((getattr(error, "worker_failures", None) or {}).items()):
-        cause = getattr(failure, "_base_exc", failure)
+        cause = _storage_outage_named(getattr(failure, "_base_exc", failure), f"rank {rank}'s storage call")
         return f"training failed on rank {rank}: {type(cause).__name__}: {cause}"
-    cause = getattr(error, "controller_failure", error)
+    cause = _storage_outage_named(getattr(error, "controller_failure", error), "Ray Train saving the run state")
     return f"training failed: {type(cause).__name__}: {cause}"
+
+
+def _storage_outage_named(cause: BaseException, what: str) -> BaseException:
+    return StorageUnavailable.failed(what, cause) if is_transient(cause) else cause
 
 
 def _register(job: PreparedJob, state: dict[str, torch.Tensor], metrics: dict) -> Optional[Registration]:
