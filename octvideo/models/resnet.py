@@ -14,7 +14,7 @@ from typing import Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from octvideo.nn import Octave, OctaveApply, OctaveGlobalPool
+from octvideo.nn import FramePairMaxPool, Octave, OctaveApply, OctaveGlobalPool
 
 from .blocks import BasicBlock, Block, Bottleneck, ConvBN, kernel_shape, make_stage, octave_conv, stage_alphas
 from .registry import register_model
@@ -85,7 +85,7 @@ class ResNet(nn.Module):
             channels, alpha_in = stage_width * block.expansion, stage_alpha
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
         self.temporal_pool = (
-            OctaveApply(nn.MaxPool3d((2, 1, 1), stride=(2, 1, 1)))
+            OctaveApply(FramePairMaxPool())
             if temporal_pool_after_res2 and dims == 3
             else nn.Identity()
         )

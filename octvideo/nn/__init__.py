@@ -1,6 +1,6 @@
 """Octave Convolution layers and the companions that carry the ``(high, low)`` pair."""
 
-from .layers import OctaveApply, OctaveBatchNorm, OctaveGlobalPool
+from .layers import FramePairMaxPool, OctaveApply, OctaveBatchNorm, OctaveGlobalPool
 from .octave import (
     Octave,
     OctaveChannels,
@@ -15,6 +15,7 @@ from .octave import (
 from .octconv import OctConv, OctConv2d, OctConv3d
 
 __all__ = [
+    "FramePairMaxPool",
     "OctConv",
     "OctConv2d",
     "OctConv3d",
