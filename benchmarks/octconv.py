@@ -42,11 +42,11 @@ from pathlib import Path
 from typing import Callable, Dict, List, Tuple
 
 import torch
-import torch._inductor.config as inductor_config
 from torch._dynamo.exc import TorchDynamoException
 
 from _report import cpu_model, machine_name, write_section
 from octvideo.models import build_model
+from octvideo.predict import compiled_for_inference
 from octvideo.profile import profile_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -121,8 +121,8 @@ def timed(step: Callable[[torch.nn.Module, torch.Tensor], None], model: torch.nn
 
 
 def compiled(model: torch.nn.Module, regime: str, backend: str) -> torch.nn.Module:
-    # Freezing folds the weights in as constants: inference only, and only with Inductor.
-    inductor_config.freezing = regime == "inference" and backend == "inductor"
+    if regime == "inference" and backend == "inductor":
+        return compiled_for_inference(model)  # what `octvideo predict --compile` runs
     return torch.compile(model, backend=backend, fullgraph=True)
 
 

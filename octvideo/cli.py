@@ -343,14 +343,21 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--clips", type=_positive_int, default=None, help="clips per video (default: the model's)")
     p.add_argument("--crops", type=int, choices=(1, 3), default=None, help="crops per clip (default: the model's)")
     p.add_argument("--top-k", type=_positive_int, default=5)
+    p.add_argument(
+        "--compile", action="store_true",
+        help="compile the network (torch.compile, Inductor, freezing): the first video waits for the "
+        "compilation (tens of seconds), the others run faster (1.25-1.4x for Oct-I3D-R50 at batch 1 on a CPU)",
+    )
     _add_storage_options(p)
     p.set_defaults(run=_run_predict)
 
 
 def _run_predict(args: argparse.Namespace) -> int:
-    from octvideo.predict import load_registered_model, predict_video
+    from octvideo.predict import compiled_for_inference, load_registered_model, predict_video
 
     loaded = load_registered_model(args.model, args.tracking_uri)
+    if args.compile:
+        loaded.model = compiled_for_inference(loaded.model)
     from octvideo.data import VideoDecodeError  # torch and the data path: once there is a model to run
 
     options = storage_options(args.storage_options)

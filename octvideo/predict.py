@@ -34,6 +34,17 @@ class LoadedModel:
         return getattr(self.model, "speed_ratio", None)
 
 
+def compiled_for_inference(model: nn.Module) -> nn.Module:
+    """``model`` under ``torch.compile`` (Inductor, one graph) with freezing: the weights are folded
+    in as constants, batch norm into the convolutions, and oneDNN's weight layouts are prepared once.
+    The first call compiles (10 to 50 s for Oct-I3D-R50 on a 2-core CPU); after it, Oct-I3D-R50 at
+    batch 1 ran 1.25x to 1.4x faster than eager channels-last on an Intel Xeon (BENCHMARKS.md).
+    For inference only: the weights must not change afterwards."""
+    import torch
+
+    return torch.compile(model, fullgraph=True, options={"freezing": True})
+
+
 _MODEL_URI = re.compile(r"models:/(?P<name>[^/@]+)(@[^/@]+|/[^/@]+)")
 #: Registered model names listed when the one asked for is not there.
 SHOWN_NAMES = 10
@@ -146,4 +157,4 @@ def predict_video(
     return [(loaded.class_names[i], float(p)) for p, i in zip(values.tolist(), indices.tolist())]
 
 
-__all__ = ["LoadedModel", "load_registered_model", "predict_video"]
+__all__ = ["LoadedModel", "compiled_for_inference", "load_registered_model", "predict_video"]

@@ -9,7 +9,7 @@ from mlflow.tracking import MlflowClient
 
 from octvideo.cli import main
 from octvideo.models import build_model
-from octvideo.predict import load_registered_model, predict_video
+from octvideo.predict import compiled_for_inference, load_registered_model, predict_video
 from octvideo.train.config import ClipConfig
 from octvideo.train.registry import register_model
 
@@ -69,6 +69,19 @@ def test_views_average_to_a_distribution(tmp_path, registered):
     top = predict_video(loaded, str(video), top_k=len(LABELS))
     assert sorted(name for name, _ in top) == sorted(LABELS)
     assert sum(p for _, p in top) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_compiled_model_predicts_what_the_eager_one_does(tmp_path, registered, capsys):
+    video = write_video(tmp_path / "v.mp4", num_frames=60)
+    loaded = load_registered_model("models:/tiny@champion", registered)
+    eager = dict(predict_video(loaded, str(video), top_k=len(LABELS)))
+    loaded.model = compiled_for_inference(loaded.model)
+    compiled = dict(predict_video(loaded, str(video), top_k=len(LABELS)))
+    assert compiled.keys() == eager.keys()
+    assert all(compiled[name] == pytest.approx(p, abs=1e-4) for name, p in eager.items())
+    argv = ["predict", "--model", "models:/tiny@champion", "--tracking-uri", registered, "--compile", str(video)]
+    assert main(argv) == 0
+    assert capsys.readouterr().out.startswith(f"{video}\n")
 
 
 def test_unknown_model_is_one_line_and_status_2(registered, capsys):

@@ -7,8 +7,8 @@ plain autograd ops (``OctConv.path_by_path``) and against the paper's four paths
 convolutions in fp16 too, so bf16 and fp16 are both tested.
 
 Tolerances are on the error relative to the reference's largest magnitude. Both sides cast the
-same inputs and weights, but round at different points (the fused low output sums its two paths
-before rounding; the fused layer pools the cast input, the paths pool before casting), so they
+same inputs and weights, but round at different points (the fused layer pools the cast input,
+the paths pool before casting), so they
 differ by a few ulps of the output. Measured, against the paths, the paper and fp32 without
 autocast alike: up to 7.5e-3 in bf16 (8-bit mantissa) and 9.4e-4 in fp16 (11-bit); allowed 3e-2
 and 5e-3.
