@@ -32,6 +32,7 @@ def _takes_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
     return (
         not torch.compiler.is_compiling()
         and x.shape[0] == 1
+        and x.numel() > 0  # PyTorch's own call says what is wrong with an empty input
         and x.device.type == "cpu"
         and x.dtype == torch.float32
         and (any(k > 1 for k in weight.shape[2:]) or memory_format_of(x) != torch.contiguous_format)

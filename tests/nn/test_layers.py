@@ -24,3 +24,8 @@ def test_frame_pair_max_pool_is_max_pool_3d(frames, channels_last):
     y.backward(grad)
     expected.backward(grad)
     assert torch.equal(ours.grad, theirs.grad)
+
+
+def test_frame_pair_max_pool_of_one_frame_is_a_shape_error():
+    with pytest.raises(RuntimeError, match="at least 2 frames"):
+        FramePairMaxPool()(torch.randn(1, 4, 1, 6, 6))
