@@ -25,7 +25,7 @@ import torch
 from ray.train.torch import TorchTrainer
 
 from octvideo.data import load_manifest, model_input
-from octvideo.data.storage import StorageUnavailable, is_transient, storage_error_message, storage_errors
+from octvideo.data.storage import RetryPolicy, StorageUnavailable, is_transient, storage_error_message, storage_errors
 from octvideo.models import build_model
 from octvideo.profile import profile_model
 from octvideo.train.checkpoint import load_weights
@@ -108,7 +108,9 @@ def build_trainer(job: PreparedJob) -> TorchTrainer:
     if scaling.use_gpu:
         resources["GPU"] = scaling.gpus_per_worker
     checkpoint = config.checkpoint
-    storage_path, storage_filesystem = run_storage(checkpoint.storage_path, checkpoint.storage_options)
+    storage_path, storage_filesystem = run_storage(
+        checkpoint.storage_path, checkpoint.storage_options, RetryPolicy.for_outages_up_to(checkpoint.storage_timeout_s)
+    )
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": config_to_dict(config), "tracker": job.tracker},

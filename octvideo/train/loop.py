@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import io
 import logging
 import os
 import tempfile
@@ -21,6 +22,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import fsspec
+import pyarrow
 import pyarrow.fs
 import ray
 import ray.train
@@ -166,14 +168,66 @@ def _fsspec_filesystem(filesystem: pyarrow.fs.FileSystem) -> fsspec.AbstractFile
     raise TypeError(f"checkpoint storage on {filesystem.type_name!r} is not supported; use a folder or an fsspec URL")
 
 
-def run_storage(storage_path: str, storage_options: Mapping[str, Any]) -> tuple[str, pyarrow.fs.FileSystem | None]:
+def run_storage(
+    storage_path: str, storage_options: Mapping[str, Any], retry: RetryPolicy
+) -> tuple[str, pyarrow.fs.FileSystem | None]:
     """``RunConfig``'s ``storage_path`` and ``storage_filesystem`` for a folder or URL.
 
     A local folder goes to Ray as it is. A URL (``s3://``, ``gs://``, ...) goes through fsspec,
     like the training data: same credentials (environment or ``storage_options``), same endpoint
-    settings (``AWS_ENDPOINT_URL`` included), wrapped as a pyarrow filesystem for Ray."""
+    settings (``AWS_ENDPOINT_URL`` included), wrapped as a pyarrow filesystem for Ray whose calls
+    retry transient errors under ``retry`` (:class:`_RetryingHandler`)."""
     protocol, _ = fsspec.core.split_protocol(storage_path)
     if protocol in (None, "file", "local"):
         return os.path.abspath(fsspec.core.strip_protocol(storage_path)), None
     fs, path = fsspec.core.url_to_fs(storage_path, **storage_options)
-    return path, pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs))
+    return path, pyarrow.fs.PyFileSystem(_RetryingHandler(fs, retry))
+
+
+class _RetryingHandler(pyarrow.fs.FSSpecHandler):
+    """Ray Train's view of the run storage, retrying through outages as the workers' transfers do.
+
+    Ray Train's controller writes the run state (``checkpoint_manager_snapshot.json``) after every
+    report: without retries, a few seconds of object-store outage at that moment end the run.
+    A write is buffered and sent on close as one retried upload (the controller's files are small;
+    checkpoints go through :func:`upload_checkpoint`); every other call is retried as a whole."""
+
+    def __init__(self, fs: fsspec.AbstractFileSystem, retry: RetryPolicy) -> None:
+        super().__init__(fs)
+        self.retry = retry
+
+    def open_output_stream(self, path: str, metadata: Any) -> pyarrow.PythonFile:
+        return pyarrow.PythonFile(_RetriedUpload(self.fs, path, self.retry), mode="w")
+
+
+def _retried(name: str) -> Any:
+    call = getattr(pyarrow.fs.FSSpecHandler, name)
+
+    @functools.wraps(call)
+    def method(self: _RetryingHandler, *args: Any) -> Any:
+        return retry_call(lambda: call(self, *args), self.retry, what=f"storage {name} {args[:1]}")
+
+    return method
+
+
+for _name in (
+    "copy_file", "create_dir", "delete_dir", "delete_dir_contents", "delete_file", "delete_root_dir_contents",
+    "get_file_info", "get_file_info_selector", "move", "open_input_file", "open_input_stream",
+):
+    setattr(_RetryingHandler, _name, _retried(_name))
+
+
+class _RetriedUpload(io.BytesIO):
+    """A file that uploads what was written to it on close, retrying transient errors."""
+
+    def __init__(self, fs: fsspec.AbstractFileSystem, path: str, retry: RetryPolicy) -> None:
+        super().__init__()
+        self.fs, self.path, self.retry = fs, path, retry
+
+    def close(self) -> None:
+        if not self.closed:
+            data = self.getvalue()
+            retry_call(lambda: self.fs.pipe_file(self.path, data), self.retry, what=f"writing {self.path}")
+        super().close()
+
+
