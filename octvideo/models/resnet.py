@@ -14,7 +14,7 @@ from typing import Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from octvideo.nn import FramePairMaxPool, Octave, OctaveApply, OctaveGlobalPool
+from octvideo.nn import FramePairMaxPool, Octave, OctaveApply, OctaveGlobalPool, StemMaxPool
 
 from .blocks import BasicBlock, Block, Bottleneck, ConvBN, kernel_shape, make_stage, octave_conv, stage_alphas
 from .registry import register_model
@@ -62,8 +62,7 @@ class ResNet(nn.Module):
             ),
             relu=True,
         )
-        pool = nn.MaxPool3d if dims == 3 else nn.MaxPool2d
-        self.stem_pool = pool(kernel_shape(dims, 1, 3), stride=kernel_shape(dims, 1, 2), padding=kernel_shape(dims, 0, 1))
+        self.stem_pool = StemMaxPool()
 
         channels, alpha_in = width, 0.0
         stages = []

@@ -17,7 +17,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from octvideo.nn import Octave, OctaveChannels, OctaveGlobalPool, octave_cat
+from octvideo.nn import Octave, OctaveChannels, OctaveGlobalPool, StemMaxPool, octave_cat
 
 from .blocks import Bottleneck, ConvBN, make_stage, octave_conv, stage_alphas
 from .registry import register_model
@@ -74,7 +74,7 @@ class SlowFast(nn.Module):
 
         def stem(out_channels: int, temporal_kernel: int) -> nn.Sequential:
             conv = octave_conv(3, in_channels, out_channels, (temporal_kernel, 7, 7), (1, 2, 2), 0.0, 0.0, octave_pool)
-            return nn.Sequential(ConvBN(conv, relu=True), nn.MaxPool3d((1, 3, 3), (1, 2, 2), (0, 1, 1)))
+            return nn.Sequential(ConvBN(conv, relu=True), StemMaxPool())
 
         self.slow_stem = stem(width, 1)
         self.fast_stem = stem(fast_width, 5)

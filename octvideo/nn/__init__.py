@@ -1,6 +1,6 @@
 """Octave Convolution layers and the companions that carry the ``(high, low)`` pair."""
 
-from .layers import FramePairMaxPool, OctaveApply, OctaveBatchNorm, OctaveGlobalPool
+from .layers import FramePairMaxPool, OctaveApply, OctaveBatchNorm, OctaveGlobalPool, StemMaxPool
 from .octave import (
     Octave,
     OctaveChannels,
@@ -24,6 +24,7 @@ __all__ = [
     "OctaveBatchNorm",
     "OctaveChannels",
     "OctaveGlobalPool",
+    "StemMaxPool",
     "check_alpha",
     "octave_add",
     "octave_cat",
