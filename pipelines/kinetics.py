@@ -19,7 +19,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from octvideo.train.config import ConfigError, check_manifests, check_supported, load_config
+from octvideo.train.config import ConfigError, check_inputs, load_config
 
 
 def _one_line(message: str) -> str:
@@ -48,8 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger(name).setLevel(logging.INFO)
     try:  # before importing torch, DeepSpeed and Ray: a typo or a wrong URL fails in a second
         config = load_config(args.config, args.overrides)
-        check_supported(config)
-        check_manifests(config)
+        check_inputs(config)
     except ConfigError as error:
         return _fail(parser.prog, error)
 

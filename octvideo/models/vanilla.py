@@ -11,7 +11,7 @@ same function as the source network.
 from __future__ import annotations
 
 import re
-from typing import Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -122,25 +122,52 @@ def _split_channels(values: torch.Tensor, split: OctaveChannels) -> Tuple[torch.
     return values[: split.high], values[split.high :]
 
 
-def load_vanilla_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:
-    """Fill ``model`` (an Oct model of any alpha) from its plain twin's ``state_dict``.
+#: The plain networks whose parameter names :func:`load_vanilla_weights` reads, and how each
+#: names this project's modules.
+NAMINGS: Dict[str, Callable[[str], Optional[str]]] = {
+    "pytorchvideo_i3d": _i3d_module,
+    "pytorchvideo_slowfast": _slowfast_module,
+    "torchvision": _torchvision_module,
+    "octvideo": lambda name: name,  # this project's own names, at alpha = 0 (see plain_names)
+}
+
+
+def default_naming(model: nn.Module) -> str:
+    """The plain twin's naming of ``model``: pytorchvideo's for video networks, torchvision's for 2-D ones."""
+    if isinstance(model, SlowFast):
+        return "pytorchvideo_slowfast"
+    if isinstance(model, ResNet):
+        return "pytorchvideo_i3d" if model.stem.conv.dims == 3 else "torchvision"
+    raise ValueError(f"no plain twin is known for {type(model).__name__}")
+
+
+def plain_names(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """An alpha = 0 state dict of this project renamed as a plain network would name it
+    (``conv.weight_hh`` -> ``conv.weight``, ``bn.high.running_mean`` -> ``bn.running_mean``),
+    for :func:`load_vanilla_weights` with ``naming="octvideo"``."""
+    renamed = {}
+    for key, value in state_dict.items():
+        key = re.sub(r"\.weight_hh$", ".weight", re.sub(r"\.bias_h$", ".bias", key))
+        renamed[re.sub(r"\.high\.([a-z_]+)$", r".\1", key)] = value
+    return renamed
+
+
+def load_vanilla_weights(
+    model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, naming: Optional[str] = None, keep: Sequence[str] = ()
+) -> None:
+    """Fill ``model`` (an Oct model of any alpha) from a plain network's ``state_dict``.
 
     Accepted sources: pytorchvideo ``i3d_r50`` for ``oct_i3d_r50``, pytorchvideo
     ``slowfast_r50`` for ``oct_slowfast_r50``, torchvision ``resnet50`` for
     ``oct_resnet50`` (state dicts of any width/depth built the same way work too).
-    Every tensor of the source must be used and every tensor of the model filled;
-    otherwise a ``ValueError`` lists what did not match.
+    ``naming`` (a key of :data:`NAMINGS`) says whose parameter names the state dict uses;
+    by default the model's plain twin's. Every tensor of the source must be used and every
+    tensor of the model filled, except the modules named in ``keep`` (and what is under them),
+    which keep their values; otherwise a ``ValueError`` lists what did not match.
     """
-    module_map: Callable[[str], Optional[str]]
-    orders: Dict[str, List[int]] = {}
-    if isinstance(model, SlowFast):
-        module_map, orders = _slowfast_module, _slowfast_input_orders(model)
-    elif isinstance(model, ResNet) and model.stem.conv.dims == 3:
-        module_map = _i3d_module
-    elif isinstance(model, ResNet):
-        module_map = _torchvision_module
-    else:
-        raise ValueError(f"no plain twin is known for {type(model).__name__}")
+    naming = naming or default_naming(model)
+    module_map = NAMINGS[naming]
+    orders = _slowfast_input_orders(model) if isinstance(model, SlowFast) else {}
 
     modules = dict(model.named_modules())
     target: Dict[str, torch.Tensor] = {}
@@ -174,7 +201,7 @@ def load_vanilla_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor
         else:
             target[f"{ours}.{field}"] = value
 
-    own = model.state_dict()
+    own = {k: v for k, v in model.state_dict().items() if not _under(k, keep)}
     missing = sorted(set(own) - set(target))
     unused += sorted(set(target) - set(own))
     wrong_shape = [k for k in target if k in own and own[k].shape != target[k].shape]
@@ -185,4 +212,8 @@ def load_vanilla_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor
             f"unused {unused[:5]}{'...' if len(unused) > 5 else ''}, "
             f"wrong shape {wrong_shape[:5]}"
         )
-    model.load_state_dict({k: v.contiguous() for k, v in target.items()})
+    model.load_state_dict({k: v.contiguous() for k, v in target.items()}, strict=not keep)
+
+
+def _under(key: str, modules: Sequence[str]) -> bool:
+    return any(key == m or key.startswith(m + ".") for m in modules)

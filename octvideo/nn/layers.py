@@ -60,19 +60,20 @@ class FramePairMaxPool(nn.Module):
 class StemMaxPool(nn.Module):
     """The ResNet stem's max pool: a 3x3 window at stride 2 with padding 1 over the last two
     (spatial) dimensions, none over time: ``nn.MaxPool3d((1, 3, 3), (1, 2, 2), (0, 1, 1))``
-    (``MaxPool2d(3, 2, 1)`` on 4-D input). On contiguous tensors it is computed as elementwise
-    maxima of the even and odd rows, then columns, with the same values: PyTorch's pooling
-    kernel is slow there (a (1, 64, 8, 112, 112) input: 47 ms against 13 ms on an Intel Xeon,
-    1 thread). On channels-last tensors PyTorch's kernel is the faster (5 ms) and is used."""
+    (``MaxPool2d(3, 2, 1)`` on 4-D input). Without gradients, on contiguous tensors, it is
+    computed as elementwise maxima of the even and odd rows, then columns, with the same values:
+    PyTorch's pooling kernel is slow there (a (1, 64, 8, 112, 112) input: 47 ms against 13 ms on
+    an Intel Xeon, 1 thread). Channels-last inputs (PyTorch's kernel: 5 ms) and training (the
+    maxima would keep more for backward than the kernel's indices) use PyTorch's kernel."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if memory_format_of(x) != torch.contiguous_format:
-            if x.dim() == 5:
-                return F.max_pool3d(x, (1, 3, 3), (1, 2, 2), (0, 1, 1))
-            return F.max_pool2d(x, 3, 2, 1)
-        for dim in (x.dim() - 2, x.dim() - 1):
-            x = _max3_stride2(x, dim)
-        return x
+        if memory_format_of(x) == torch.contiguous_format and not (torch.is_grad_enabled() and x.requires_grad):
+            for dim in (x.dim() - 2, x.dim() - 1):
+                x = _max3_stride2(x, dim)
+            return x
+        if x.dim() == 5:
+            return F.max_pool3d(x, (1, 3, 3), (1, 2, 2), (0, 1, 1))
+        return F.max_pool2d(x, 3, 2, 1)
 
 
 def _max3_stride2(x: torch.Tensor, dim: int) -> torch.Tensor:

@@ -26,6 +26,24 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class PretrainedConfig(_Section):
+    """Where a run's weights start (see :mod:`octvideo.models.pretrained` for the formats)."""
+
+    source: str = Field(description="checkpoint URL (fsspec), or a registered model models:/NAME@ALIAS or models:/NAME/VERSION")
+    format: Literal["auto", "torchvision", "pytorchvideo", "octvideo"] = Field(
+        "auto", description="auto: detected from the parameter names"
+    )
+    inflate: Literal["centre", "mean"] = Field("centre", description="how a 2-D (ImageNet) kernel becomes 3-D")
+    head: Literal["auto", "keep", "reset"] = Field(
+        "auto", description="auto: the classifier is re-initialised when the class count differs; keep: it must not"
+    )
+    storage_options: Dict[str, Any] = Field(default_factory=dict, description="fsspec options for source")
+
+    @property
+    def registered(self) -> bool:
+        return self.source.startswith("models:/")
+
+
 class ModelConfig(_Section):
     name: str = "oct_i3d_r50"
     alpha: float = Field(0.0, ge=0.0, lt=1.0, description="share of low-frequency channels")
@@ -33,13 +51,22 @@ class ModelConfig(_Section):
     last_stage_alpha: Optional[float] = Field(None, ge=0.0, lt=1.0)
     width: Optional[int] = Field(None, ge=1, description="base channel width; None: the model's default")
     num_classes: Optional[int] = Field(None, ge=1, description="None: the number of classes in the label map")
-    pretrained: Optional[str] = Field(None, description="URL of a plain (alpha = 0) state dict to start from")
+    pretrained: Optional[PretrainedConfig] = Field(None, description="weights to start from (a URL alone: its source)")
+    freeze: List[str] = Field(
+        default_factory=list, description="parts (module names: stem, layer1, ...) whose weights and batch-norm statistics stay as loaded"
+    )
+    freeze_bn_stats: bool = Field(False, description="every batch norm keeps its loaded statistics (eval mode in training)")
     dropout: float = Field(0.5, ge=0.0, lt=1.0)
     memory_format: Literal["contiguous", "channels_last"] = Field(
         "contiguous", description="layout of the activations; channels_last: torch.channels_last_3d"
     )
     compile: bool = Field(False, description="torch.compile the network the engine trains")
     compile_backend: str = Field("inductor", description="torch.compile backend (inductor; aot_eager to debug)")
+
+    @field_validator("pretrained", mode="before")
+    @classmethod
+    def _source_alone(cls, value: Any) -> Any:
+        return {"source": value} if isinstance(value, str) else value
 
     @field_validator("name")
     @classmethod
@@ -116,6 +143,17 @@ class OptimConfig(_Section):
     batch_size_per_worker: int = Field(8, ge=1)
     grad_accumulation: int = Field(1, ge=1)
     clip_grad_norm: Optional[float] = Field(None, gt=0)
+    lr_mult: Dict[str, float] = Field(
+        default_factory=dict, description="learning-rate multiplier per part (module name: fc, layer4, ...); the most specific part wins"
+    )
+
+    @field_validator("lr_mult")
+    @classmethod
+    def _positive_multipliers(cls, lr_mult: Dict[str, float]) -> Dict[str, float]:
+        bad = {part: m for part, m in lr_mult.items() if not m > 0}
+        if bad:
+            raise ValueError(f"learning-rate multipliers must be positive, got {bad}")
+        return lr_mult
 
     @model_validator(mode="after")
     def _warmup(self) -> "OptimConfig":
@@ -310,31 +348,28 @@ def load_config(url: str, overrides: Sequence[str] = ()) -> ExperimentConfig:
     return parse_config(apply_overrides(raw, overrides), source=str(url))
 
 
-def check_supported(config: ExperimentConfig) -> None:
-    """Raise ConfigError for a valid configuration the training job cannot run yet (before any cluster work)."""
-    if config.model.pretrained is not None:
-        raise ConfigError("model.pretrained: starting from pretrained weights is not supported by the training job yet")
-
-
-def check_manifests(config: ExperimentConfig) -> None:
-    """ConfigError naming every ``data.*_manifest`` that does not exist or whose store cannot be
-    read, all at once: the training workers would only find out once the cluster has started."""
-    data = config.data
+def check_inputs(config: ExperimentConfig) -> None:
+    """ConfigError naming every ``data.*_manifest`` and pretrained source file that does not exist
+    or whose store cannot be read, all at once: the training workers would only find out once the
+    cluster has started. (A registered model is checked when it is read.)"""
+    data, pretrained = config.data, config.model.pretrained
+    files = [(f"data.{key}", "manifest", getattr(data, key), "data")
+             for key in ("train_manifest", "val_manifest", "test_manifest") if getattr(data, key) is not None]
+    if pretrained is not None and not pretrained.registered:
+        files.append(("model.pretrained.source", "checkpoint", pretrained.source, "model.pretrained"))
     problems = []
-    for key in ("train_manifest", "val_manifest", "test_manifest"):
-        url = getattr(data, key)
-        if url is None:
-            continue
+    for key, what, url, section in files:
+        options = pretrained.storage_options if section == "model.pretrained" else data.storage_options
         try:
-            fs, path = fsspec.core.url_to_fs(url, **data.storage_options)
+            fs, path = fsspec.core.url_to_fs(url, **options)
             if not fs.exists(path):
-                problems.append(f"data.{key}: manifest {url} does not exist; check the URL and data.storage_options")
+                problems.append(f"{key}: {what} {url} does not exist; check the URL and {section}.storage_options")
         except _storage_errors() as error:
             from octvideo.data.storage import storage_error_message
 
-            problems.append(f"data.{key}: {storage_error_message(url, error)}")
+            problems.append(f"{key}: {storage_error_message(url, error)}")
     if problems:
-        raise ConfigError("the experiment's data cannot be read:\n" + "\n".join(f"  {p}" for p in problems))
+        raise ConfigError("the experiment's inputs cannot be read:\n" + "\n".join(f"  {p}" for p in problems))
 
 
 def config_to_dict(config: ExperimentConfig) -> Dict[str, Any]:
@@ -356,6 +391,6 @@ def flatten(mapping: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
 
 __all__: List[str] = [
     "CheckpointConfig", "ClipConfig", "ConfigError", "DataConfig", "DeepSpeedConfig", "ExperimentConfig",
-    "ModelConfig", "OptimConfig", "ScalingConfig", "TrackingConfig", "apply_overrides", "check_manifests",
-    "check_supported", "config_to_dict", "flatten", "load_config", "parse_config",
+    "ModelConfig", "OptimConfig", "PretrainedConfig", "ScalingConfig", "TrackingConfig", "apply_overrides",
+    "check_inputs", "config_to_dict", "flatten", "load_config", "parse_config",
 ]

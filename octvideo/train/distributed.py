@@ -13,7 +13,7 @@ runs in a notebook, a unit test or a one-GPU run.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import torch
@@ -62,14 +62,18 @@ class Collectives:
         dist.all_gather_object(objects, obj)
         return objects
 
-    def average_batch_norm_stats(self, module: nn.Module) -> None:
+    def average_batch_norm_stats(self, module: nn.Module, frozen: Collection[nn.Module] = ()) -> None:
         """Make every batch norm's running statistics the same on all ranks: the pooled mean and
         variance of the ranks' estimates (each rank saw as many samples). DeepSpeed, unlike
         DDP, does not broadcast buffers, so without this each rank evaluates, and rank 0
-        exports, statistics of its own shard only."""
+        exports, statistics of its own shard only. ``frozen`` norms (the same on every rank, by
+        construction) are left exactly as they are."""
         if not self.distributed:
             return
-        norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats]
+        norms = [
+            m for m in module.modules()
+            if isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats and not any(m is f for f in frozen)
+        ]
         if not norms:
             return
         # One flat buffer of [means..., second moments...] in fp32, one all-reduce for all layers.

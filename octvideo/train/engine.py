@@ -15,6 +15,7 @@ ranks lose nothing; bf16 halves the traffic).
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 from typing import Any
 
 import deepspeed
@@ -25,6 +26,7 @@ from torch import nn
 from octvideo.models import build_model
 from octvideo.nn import OctConv2d, OctConv3d
 from octvideo.train.config import ExperimentConfig, ModelConfig
+from octvideo.train.finetune import freeze
 from octvideo.train.optim import build_optimizer, build_scheduler
 
 _AUTOCAST_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}
@@ -90,15 +92,22 @@ def deepspeed_config(config: ExperimentConfig) -> dict[str, Any]:
     return options
 
 
-def build_engine(config: ExperimentConfig, num_classes: int, steps_per_epoch: int) -> Any:
+def build_engine(
+    config: ExperimentConfig, num_classes: int, steps_per_epoch: int, start: Mapping[str, torch.Tensor] | None = None
+) -> Any:
     """The experiment's network in a DeepSpeed engine on the current process group and device,
     compiled in place when ``model.compile`` (checkpoints keep the plain parameter names).
+    The network starts from ``start`` (a state dict) when given, else from its initialisation;
+    the parts of ``model.freeze`` take no gradient and stay out of the optimizer.
 
     ``model.memory_format`` is the activations' layout, set on the input
     (:class:`~octvideo.data.DeviceInput`): convolutions keep a channels-last input's layout.
     Weights stay contiguous, since DeepSpeed broadcasts them as bytes and ZeRO packs them into
     flat buffers; a convolution converts its (small) weight on the fly."""
     model = build_network(config.model, num_classes)
+    if start is not None:
+        model.load_state_dict(start)
+    freeze(model, config.model.freeze)
     engine, _, _, _ = deepspeed.initialize(
         model=model,
         optimizer=build_optimizer(model, config.optim),

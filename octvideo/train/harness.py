@@ -37,6 +37,7 @@ from octvideo.data import KineticsDataset, Manifest, VideoDecodeError, VideoEntr
 from octvideo.data.sampling import ClipPlan
 from octvideo.train.checkpoint import TrainState, load_engine, load_weights, save_engine, save_weights
 from octvideo.train.config import ExperimentConfig, parse_config
+from octvideo.train.pretrained import read_start
 from octvideo.train.trainer import Trainer
 
 logger = logging.getLogger(__name__)
@@ -79,6 +80,9 @@ class LocalRun:
     def __init__(self, folder: Path, rank: int) -> None:
         self.folder, self.rank, self.node = folder, rank, socket.gethostname()
         self.reports: list[dict[str, float]] = []
+
+    def start_weights(self, config: ExperimentConfig) -> dict[str, torch.Tensor] | None:
+        return None if any(self.folder.glob("checkpoint_*/latest")) else read_start(config)
 
     def restore(self, engine: Any) -> TrainState | None:
         done = sorted(self.folder.glob("checkpoint_*/latest"))

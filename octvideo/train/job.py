@@ -29,9 +29,12 @@ from octvideo.data.storage import RetryPolicy, StorageUnavailable, is_transient,
 from octvideo.models import build_model
 from octvideo.profile import profile_model
 from octvideo.train.checkpoint import load_weights
-from octvideo.train.config import ConfigError, ExperimentConfig, check_manifests, check_supported, config_to_dict
+from octvideo.train.config import ConfigError, ExperimentConfig, check_inputs, config_to_dict
+from octvideo.models import PretrainedLoad
 from octvideo.train.engine import build_network, network_options
+from octvideo.train.finetune import check_parts
 from octvideo.train.loop import WEIGHTS_FILE, run_storage, train_loop_per_worker
+from octvideo.train.pretrained import start_file, start_from_source, write_start
 from octvideo.train.registry import Registration
 from octvideo.train.tracking import Tracker, start_tracker
 
@@ -49,6 +52,7 @@ class PreparedJob:
     config: ExperimentConfig
     tracker: Tracker
     label_map: dict[str, int]
+    start: Optional[PretrainedLoad] = None  # what model.pretrained gave the network
 
     @property
     def num_classes(self) -> int:
@@ -82,23 +86,41 @@ def dataset_label_map(config: ExperimentConfig) -> dict[str, int]:
 
 
 def prepare_job(config: ExperimentConfig, tracker: Optional[Tracker] = None) -> PreparedJob:
-    """Everything that can fail before cluster work: the job's support for ``config``
-    (ConfigError), its manifests and training data (ConfigError), the tracking server (TrackingUnavailable).
-    Opens (or resumes) the MLflow run, unless ``tracker`` is given, and logs the config, the
-    label map and the model's parameters and multiply-accumulates per clip."""
-    check_supported(config)
-    check_manifests(config)
+    """Everything that can fail before cluster work: its manifests, training data and pretrained
+    source (ConfigError), the fine-tuning parts (ConfigError), the tracking server
+    (TrackingUnavailable). Converts the pretrained source into the run's starting weights
+    (:mod:`octvideo.train.pretrained`). Opens (or resumes) the MLflow run, unless ``tracker`` is
+    given, and logs the config, the label map, the start and the model's parameters and
+    multiply-accumulates per clip."""
+    check_inputs(config)
     label_map = dataset_label_map(config)
+    torch.manual_seed(config.seed)  # the classifier a pretrained start re-initialises
+    model = build_network(config.model, config.model.num_classes or len(label_map))
+    check_parts(model, config)
+    start = None
+    if config.model.pretrained is not None:
+        start = start_from_source(model, config, config.tracking.tracking_uri)
+        _write_start(model, config)
     tracker = tracker if tracker is not None else start_tracker(config, rank=0)
-    job = PreparedJob(config, tracker, label_map)
+    job = PreparedJob(config, tracker, label_map, start)
     tracker.log_config(config)
     tracker.log_label_map(label_map)
-    model = build_network(config.model, job.num_classes)
+    if start is not None:
+        tracker.set_tags({"octvideo.pretrained.source": config.model.pretrained.source,
+                          "octvideo.pretrained.format": start.format, "octvideo.pretrained.head": start.head})
     clip = config.data.clip
     one_clip = torch.zeros(1, 3, clip.num_frames, clip.crop, clip.crop, dtype=torch.uint8)  # as the loader gives it
     size = profile_model(model, model_input(one_clip, getattr(model, "speed_ratio", None)))
     tracker.log_model_size(size.total_macs, size.total_params)
     return job
+
+
+def _write_start(model: torch.nn.Module, config: ExperimentConfig) -> None:
+    try:
+        url = write_start(model.state_dict(), config)
+    except storage_errors() as error:
+        raise ConfigError(f"checkpoint.storage_path: {storage_error_message(start_file(config), error)}") from None
+    logger.info("wrote the starting weights to %s", url)
 
 
 def build_trainer(job: PreparedJob) -> TorchTrainer:
@@ -178,7 +200,9 @@ def _register(job: PreparedJob, state: dict[str, torch.Tensor], metrics: dict) -
     options = network_options(job.config.model, job.num_classes)
     model = build_model(job.config.model.name, **options)
     model.load_state_dict(state)
+    start = job.config.model.pretrained
     return job.tracker.register_model(
         model, name, build_kwargs=options, label_map=job.label_map, clip=job.config.data.clip,
         test_top1=float(metrics["test_video_top1"]), global_step=int(metrics["global_step"]),
+        description=None if start is None else f"Started from {start.source} ({job.start.format}); head {job.start.head}.",
     )

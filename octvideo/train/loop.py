@@ -32,6 +32,7 @@ from octvideo.data import KineticsDataset
 from octvideo.data.storage import RetryPolicy, StorageUnavailable, is_transient, retry_call
 from octvideo.train.checkpoint import TrainState, load_engine, save_engine, save_weights
 from octvideo.train.config import ExperimentConfig, parse_config
+from octvideo.train.pretrained import read_start, start_file
 from octvideo.train.trainer import Trainer
 from octvideo.train.tracking import NullTracker
 
@@ -83,6 +84,14 @@ class RayRun:
     def __init__(self, retry: RetryPolicy) -> None:
         self.retry = retry
         self.node = ray.get_runtime_context().get_node_id()
+
+    def start_weights(self, config: ExperimentConfig) -> dict[str, torch.Tensor] | None:
+        if ray.train.get_checkpoint() is not None:
+            return None  # resuming: the checkpoint has the weights
+        url = start_file(config)
+        weights = _with_storage_retries(lambda: read_start(config), self.retry, f"reading {url}")
+        logger.info("starting from the pretrained weights in %s", url)
+        return weights
 
     def restore(self, engine: Any) -> TrainState | None:
         checkpoint = ray.train.get_checkpoint()

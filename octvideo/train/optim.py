@@ -5,17 +5,21 @@ with a linear warm-up from ``warmup_start_lr`` to the cosine's value at the end 
 (PySlowFast's SOLVER.LR_POLICY "cosine" with WARMUP_EPOCHS, where t counts epochs; here t is the
 fractional epoch of each step, so the schedule is smooth and resumes exactly from a step count).
 Weight decay skips batch-norm parameters and biases unless asked (PySlowFast's BN.WEIGHT_DECAY 0).
+Parameters that need no gradient (frozen parts) are left out; ``lr_mult`` scales the learning
+rate of parts of the network (:mod:`octvideo.train.finetune`), the schedule applying to each
+group's own base rate.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Dict, List
+from typing import Dict, List, Mapping, Tuple
 
 import torch
 from torch import nn
 
 from .config import OptimConfig
+from .finetune import learning_rate_multiplier
 
 
 def learning_rate(epoch: float, config: OptimConfig) -> float:
@@ -30,21 +34,25 @@ def learning_rate(epoch: float, config: OptimConfig) -> float:
     return cosine(epoch)
 
 
-def parameter_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias: bool) -> List[Dict]:
-    """Two groups: weights that decay, and norm parameters and biases (1-D tensors) that do not."""
-    decay, no_decay = [], []
-    for parameter in model.parameters():
-        if not parameter.requires_grad:
-            continue
-        (decay if decay_norm_and_bias or parameter.ndim > 1 else no_decay).append(parameter)
-    groups = [{"params": decay, "weight_decay": weight_decay}]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
-    return groups
+def parameter_groups(
+    model: nn.Module, weight_decay: float, decay_norm_and_bias: bool, lr: float, lr_mult: Mapping[str, float] | None = None
+) -> List[Dict]:
+    """Weights that decay, and norm parameters and biases (1-D tensors) that do not, each split by
+    learning-rate multiplier; the groups at the plain rate first (the rate the job reports)."""
+    groups: Dict[Tuple[float, bool], List[nn.Parameter]] = {}
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            decays = decay_norm_and_bias or parameter.ndim > 1
+            groups.setdefault((learning_rate_multiplier(name, lr_mult or {}), decays), []).append(parameter)
+    order = sorted(groups, key=lambda key: (key[0] != 1.0, key[0], not key[1]))
+    return [
+        {"params": groups[mult, decays], "weight_decay": weight_decay if decays else 0.0, "lr": lr * mult}
+        for mult, decays in order
+    ]
 
 
 def build_optimizer(model: nn.Module, config: OptimConfig) -> torch.optim.Optimizer:
-    groups = parameter_groups(model, config.weight_decay, config.decay_norm_and_bias)
+    groups = parameter_groups(model, config.weight_decay, config.decay_norm_and_bias, config.lr, config.lr_mult)
     if config.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.momentum > 0)
     return torch.optim.AdamW(groups, lr=config.lr)

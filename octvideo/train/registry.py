@@ -89,13 +89,14 @@ def register_model(
     clip: ClipConfig,
     test_top1: float,
     global_step: int,
+    description: Optional[str] = None,
 ) -> Registration:
     """Log ``model`` (built by ``build_model(model.model_name, **build_kwargs)``) to MLflow run
     ``run_id``, register it as a new version of ``registered_name`` and set its aliases.
 
     A champion without a recorded test top-1 is replaced. The weights of run ``run_id`` at
     ``global_step`` are registered once: a run submitted again after it finished gets back the
-    version it already has. Call this after training: it sets the process's MLflow tracking URI
+    version it already has. ``description`` (say, what the run started from) becomes the version's. Call this after training: it sets the process's MLflow tracking URI
     and, like :meth:`MLflowTracker.close`, ends the run."""
     import mlflow
     import mlflow.pytorch
@@ -124,6 +125,8 @@ def register_model(
     version = str(info.registered_model_version)
     client.set_model_version_tag(registered_name, version, TOP1_TAG, repr(float(test_top1)))
     client.set_model_version_tag(registered_name, version, STEP_TAG, str(global_step))
+    if description:
+        client.update_model_version(registered_name, version, description=description)
     client.set_registered_model_alias(registered_name, CANDIDATE, version)
     previous, previous_top1 = _champion(client, registered_name)
     aliases = [CANDIDATE]

@@ -180,6 +180,7 @@ class Tracker(Protocol):
     def log_config(self, config: ExperimentConfig) -> None: ...
     def log_model_size(self, macs: int, params: int) -> None: ...
     def log_label_map(self, label_map: Mapping[str, int]) -> None: ...
+    def set_tags(self, tags: Mapping[str, str]) -> None: ...
     def log_bad_videos(self, bad_videos: Mapping[str, str]) -> None: ...
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None: ...
     def log_epoch_metrics(self, metrics: Mapping[str, float], epoch: int) -> None: ...
@@ -204,6 +205,9 @@ class NullTracker:
         pass
 
     def log_label_map(self, label_map: Mapping[str, int]) -> None:
+        pass
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
         pass
 
     def log_bad_videos(self, bad_videos: Mapping[str, str]) -> None:
@@ -332,6 +336,11 @@ class MLflowTracker:
 
     def log_label_map(self, label_map: Mapping[str, int]) -> None:
         self.client.log_dict(self.run_id, dict(label_map), "label_map.json")
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def log_bad_videos(self, bad_videos: Mapping[str, str]) -> None:
         """``bad_videos.json``: URL -> reason of every unreadable video so far; a failure is a warning."""

@@ -49,6 +49,8 @@ from octvideo.train.config import ExperimentConfig
 from octvideo.train.distributed import Collectives
 from octvideo.train.engine import build_engine, fp32_state_dict
 from octvideo.train.evaluate import Evaluation, evaluate
+from octvideo.train.finetune import describe as describe_finetuning
+from octvideo.train.finetune import frozen_batch_norms, keep_statistics
 from octvideo.train.plots import plot_confusion_matrix, plot_per_class_accuracy
 from octvideo.train.tracking import NullTracker, Tracker
 
@@ -62,6 +64,10 @@ class Run(Protocol):
     """What a worker's training needs from whatever runs it."""
 
     node: str
+
+    def start_weights(self, config: ExperimentConfig) -> Mapping[str, torch.Tensor] | None:
+        """The starting weights of a fresh run with ``model.pretrained``
+        (:mod:`octvideo.train.pretrained`); None when the run has a checkpoint to resume from."""
 
     def restore(self, engine: Any) -> TrainState | None:
         """Load the run's latest checkpoint into ``engine``; None when there is none (collective)."""
@@ -132,7 +138,11 @@ class Trainer:
         self.batches_per_epoch = self.steps_per_epoch * accumulation  # an epoch ends on an optimizer step
         manifest = self.train_loader.dataset.manifest
         self.num_classes = config.model.num_classes or manifest.num_classes
-        self.engine = build_engine(config, self.num_classes, self.steps_per_epoch)
+        start = run.start_weights(config) if config.model.pretrained is not None else None
+        self.engine = build_engine(config, self.num_classes, self.steps_per_epoch, start)
+        self.frozen_norms = frozen_batch_norms(self.engine.module, config.model.freeze, config.model.freeze_bn_stats)
+        if self.rank == 0 and describe_finetuning(config):
+            logger.info("fine-tuning: %s", describe_finetuning(config))
         self.device = self.engine.device  # the module's device: batches, metrics and collectives go there
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed clip sizes: pick the fastest kernels once
@@ -177,6 +187,7 @@ class Trainer:
         """The rest of the current epoch's batches, reporting every ``log_every_steps`` steps."""
         engine, state, config = self.engine, self.state, self.config
         engine.train()
+        keep_statistics(self.frozen_norms)
         self.train_loader.set_epoch(state.epoch, skip_batches=state.batch_in_epoch)
         batches = iter(self.train_loader)
         self.window.reset()
@@ -238,7 +249,7 @@ class Trainer:
             self.tracker.log_bad_videos({**dict.fromkeys(missing, "not found"), **{u: r.reason for u, r in reports.items()}})
 
     def _evaluate(self, loader: KineticsLoader, prefix: str) -> tuple[dict[str, float], Evaluation]:
-        self.collectives.average_batch_norm_stats(self.engine.module)
+        self.collectives.average_batch_norm_stats(self.engine.module, self.frozen_norms)
         self.engine.eval()
         evaluation = evaluate(self.engine, loader, self.num_classes, inputs=self.inputs, collectives=self.collectives)
         return {f"{prefix}_{name}": value for name, value in evaluation.metrics.items()}, evaluation
@@ -255,7 +266,7 @@ class Trainer:
 
     def finish(self) -> None:
         """Export the fp32 weights (rank 0 writes them) and send what tracking still holds."""
-        self.collectives.average_batch_norm_stats(self.engine.module)
+        self.collectives.average_batch_norm_stats(self.engine.module, self.frozen_norms)
         state = fp32_state_dict(self.engine)
         if self.rank == 0:
             logger.info("wrote fp32 weights (%d tensors) to %s", len(state), self.run.write_weights(state))

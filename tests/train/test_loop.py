@@ -206,9 +206,12 @@ def test_pipeline_rejects_a_bad_config_before_cluster_work(tmp_path: Path) -> No
     assert len(lines) == 1 and "optim.lrr: unknown key" in lines[0] and "model.alpha" in lines[0]
 
 
-def test_pipeline_rejects_what_the_job_cannot_run_yet(tmp_path: Path) -> None:
+def test_pipeline_rejects_a_missing_pretrained_source_before_cluster_work(tmp_path: Path) -> None:
+    (tmp_path / "a.csv").write_text("")
+    (tmp_path / "b.csv").write_text("")
     completed = run_pipeline("data: {train_manifest: a.csv, val_manifest: b.csv}\nmodel: {pretrained: /nowhere.pt}\n", tmp_path)
-    assert completed.returncode == 2 and "model.pretrained" in completed.stderr
+    assert completed.returncode == 2
+    assert "model.pretrained.source: checkpoint /nowhere.pt does not exist" in completed.stderr
 
 
 def test_pipeline_rejects_a_missing_manifest_before_cluster_work(tmp_path: Path) -> None:

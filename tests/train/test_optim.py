@@ -38,9 +38,9 @@ def test_scheduler_steps_per_optimizer_step_and_resumes_from_its_state():
 
 def test_no_weight_decay_on_norm_and_bias():
     model = build_model("oct_i3d_r18", alpha=0.5, width=8, num_classes=3)
-    decay, no_decay = parameter_groups(model, 1e-4, decay_norm_and_bias=False)
+    decay, no_decay = parameter_groups(model, 1e-4, decay_norm_and_bias=False, lr=0.1)
     assert all(p.ndim > 1 for p in decay["params"]) and all(p.ndim == 1 for p in no_decay["params"])
     assert no_decay["weight_decay"] == 0.0
     assert sum(p.numel() for g in (decay, no_decay) for p in g["params"]) == sum(p.numel() for p in model.parameters())
-    (everything,) = parameter_groups(model, 1e-4, decay_norm_and_bias=True)
+    (everything,) = parameter_groups(model, 1e-4, decay_norm_and_bias=True, lr=0.1)
     assert len(everything["params"]) == len(list(model.parameters()))

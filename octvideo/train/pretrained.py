@@ -1,0 +1,94 @@
+"""A run's starting weights: read ``model.pretrained`` once, on the driver, before cluster work.
+
+The driver reads the source (a checkpoint file through fsspec, or a registered model from
+MLflow), converts it into the experiment's network (:func:`octvideo.models.load_pretrained`:
+format detection, inflation, alpha split, head) and writes the network's whole state dict, head
+included, as ``pretrained_start.pt`` in the run's folder. Every worker of a fresh run loads that
+file; a worker that resumes from a checkpoint never reads it, and the source is never read
+again by the workers. So the source is checked (a missing, corrupt or mismatched file is a
+:class:`ConfigError`) before any cluster work, every rank starts from the same head
+initialisation, and the workers need no access to the source's store or to MLflow.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import zipfile
+from collections.abc import Mapping
+from typing import Any
+
+import fsspec
+import torch
+from torch import nn
+
+from octvideo.data.storage import storage_error_message, storage_errors
+from octvideo.models import PretrainedLoad, load_pretrained
+from octvideo.train.checkpoint import load_weights, save_weights
+from octvideo.train.config import ConfigError, ExperimentConfig, PretrainedConfig
+
+logger = logging.getLogger(__name__)
+
+#: The converted starting weights, in the run's folder.
+START_FILE = "pretrained_start.pt"
+
+
+def read_source(source: PretrainedConfig, tracking_uri: str | None) -> Any:
+    """What ``source`` holds: a registered model's state dict, or a checkpoint file's content
+    (``torch.load`` without code execution). ConfigError naming the source when it cannot be read."""
+    if source.registered:
+        from octvideo.predict import load_registered_model
+
+        try:
+            return load_registered_model(source.source, tracking_uri).model.state_dict()
+        except ValueError as error:
+            raise ConfigError(f"model.pretrained.source: {error}") from None
+    try:
+        with fsspec.open(source.source, "rb", **source.storage_options) as file:
+            return torch.load(file, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ConfigError(f"model.pretrained.source: checkpoint {source.source} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"model.pretrained.source: {source.source} is a folder; name the checkpoint file") from None
+    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ConfigError(
+            f"model.pretrained.source: {source.source} is not a readable PyTorch checkpoint ({reason[:200]})"
+        ) from None
+    except storage_errors() as error:
+        raise ConfigError(f"model.pretrained.source: {storage_error_message(source.source, error)}") from None
+
+
+def start_from_source(model: nn.Module, config: ExperimentConfig, tracking_uri: str | None) -> PretrainedLoad:
+    """Fill ``model`` (the experiment's network, freshly built) from ``model.pretrained``;
+    ConfigError (one line) when the source does not fit it."""
+    source = config.model.pretrained
+    checkpoint = read_source(source, tracking_uri)
+    try:
+        loaded = load_pretrained(model, checkpoint, format=source.format, inflate=source.inflate, head=source.head)
+    except ValueError as error:
+        raise ConfigError(f"model.pretrained.source: {source.source} {error}") from None
+    logger.info("starting from %s (%s); head %s", source.source, loaded.format, loaded.head)
+    return loaded
+
+
+def start_file(config: ExperimentConfig) -> str:
+    """Where the run's converted starting weights lie (a URL or path on the run's storage)."""
+    checkpoint = config.checkpoint
+    return f"{checkpoint.storage_path.rstrip('/')}/{checkpoint.name}/{START_FILE}"
+
+
+def write_start(state: Mapping[str, torch.Tensor], config: ExperimentConfig) -> str:
+    """Write the starting weights to :func:`start_file` (driver)."""
+    url = start_file(config)
+    fs, path = fsspec.core.url_to_fs(url, **config.checkpoint.storage_options)
+    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    with fs.open(path, "wb") as out:
+        save_weights(state, out)
+    return url
+
+
+def read_start(config: ExperimentConfig) -> dict[str, torch.Tensor]:
+    """The starting weights the driver wrote (a worker of a fresh run)."""
+    with fsspec.open(start_file(config), "rb", **config.checkpoint.storage_options) as file:
+        return load_weights(file)
