@@ -120,7 +120,8 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
 
     p = commands.add_parser("synth", help="write a synthetic Kinetics (classes told apart by motion only)")
     p.add_argument("out_url", metavar="OUT_URL", help="an empty or new folder (any fsspec URL)")
-    p.add_argument("--classes", type=_positive_int, default=4)
+    p.add_argument("--classes", nargs="+", default=["4"], metavar="N_OR_NAME",
+                   help="how many classes (the first N motions) or their names (see octvideo.data.synthetic.MOTIONS)")
     p.add_argument("--videos-per-class", type=_positive_int, default=10)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--duration", type=float, default=4.0, help="seconds per video")
@@ -223,8 +224,9 @@ def _counts(counter: Counter) -> str:
 def _run_synth(args: argparse.Namespace) -> int:
     from octvideo.data.synthetic import write_synthetic_kinetics
 
+    classes = _positive_int(args.classes[0]) if len(args.classes) == 1 and args.classes[0].isdigit() else args.classes
     counts = write_synthetic_kinetics(
-        args.out_url, args.classes, args.videos_per_class, args.seed,
+        args.out_url, classes, args.videos_per_class, args.seed,
         duration=args.duration, fps=args.fps, width=args.width, height=args.height, gop=args.gop,
         val_fraction=args.val_fraction, test_fraction=args.test_fraction, workers=args.workers,
         storage_options=storage_options(args.storage_options),

@@ -115,8 +115,8 @@ def load_pretrained(
     state = unwrap_state_dict(checkpoint)
     naming = detect_naming(state)
     if format != "auto" and not naming.startswith(format):
-        raise ValueError(f"is a {_format_name(naming)} checkpoint, not {format} as configured")
-    _check_architecture(model, naming, _kernel_dims(state))
+        raise ValueError(f"is {_a(_format_name(naming))} checkpoint, not {format} as configured")
+    _check_architecture(model, naming, _kernel_dims(state), any(k.startswith("slow_stem.") for k in state))
     state, head_note = _head(model, state, naming, head)
     keep = () if head_note == "loaded" else ("fc",)
     inflated = _inflate(model, state, naming, inflate)
@@ -129,6 +129,10 @@ def load_pretrained(
     return PretrainedLoad(described, head_note)
 
 
+def _a(words: str) -> str:
+    return ("an " if words[0] in "aeiou" else "a ") + words
+
+
 def _format_name(naming: str) -> str:
     return {"pytorchvideo_i3d": "pytorchvideo i3d", "pytorchvideo_slowfast": "pytorchvideo slowfast"}.get(naming, naming)
 
@@ -138,15 +142,19 @@ def _kernel_dims(state: Mapping[str, torch.Tensor]) -> int:
     return next(v.dim() - 2 for v in state.values() if v.dim() >= 4)
 
 
-def _check_architecture(model: nn.Module, naming: str, source_dims: int) -> None:
+def _check_architecture(model: nn.Module, naming: str, source_dims: int, source_slowfast: bool) -> None:
     name = getattr(model, "model_name", type(model).__name__)
-    if naming == "pytorchvideo_slowfast" and not isinstance(model, SlowFast):
-        raise ValueError(f"is a pytorchvideo slowfast checkpoint; it cannot start {name} (use an oct_slowfast model)")
-    if naming != "pytorchvideo_slowfast" and isinstance(model, SlowFast) and naming != "octvideo":
-        raise ValueError(f"is a {_format_name(naming)} checkpoint; it cannot start the SlowFast {name}")
-    if source_dims == 2 and isinstance(model, SlowFast):
+    slowfast = isinstance(model, SlowFast)
+    source_slowfast = source_slowfast or naming == "pytorchvideo_slowfast"
+    if source_slowfast != slowfast:
+        source = {"torchvision": "torchvision ResNet", "octvideo": f"octvideo {'SlowFast' if source_slowfast else 'ResNet'}"}
+        raise ValueError(
+            f"is {_a(source.get(naming, _format_name(naming)))} checkpoint; it cannot start {name}, "
+            f"a {'SlowFast' if slowfast else 'ResNet'} (use a model of the checkpoint's architecture)"
+        )
+    if source_dims == 2 and slowfast:
         raise ValueError(f"is a 2-D checkpoint; {name} cannot be inflated from it (its fast pathway has no 2-D counterpart)")
-    model_dims = 3 if isinstance(model, SlowFast) else model.stem.conv.dims
+    model_dims = 3 if slowfast else model.stem.conv.dims
     if source_dims > model_dims:
         raise ValueError(f"is a checkpoint of a 3-D (video) network; it cannot start the 2-D {name}")
 

@@ -10,6 +10,9 @@ autocast the fp32 weights are the module's, at every ZeRO stage, and
 
 Gradients are all-reduced in ``deepspeed.communication_dtype`` (fp32 by default: sums over many
 ranks lose nothing; bf16 halves the traffic).
+
+DeepSpeed is imported where an engine is made: the job's driver, which builds networks but no
+engine, never loads it (nor prints its accelerator banner on a user's error).
 """
 
 from __future__ import annotations
@@ -18,9 +21,7 @@ import functools
 from collections.abc import Mapping
 from typing import Any
 
-import deepspeed
 import torch
-from deepspeed.utils import safe_get_full_fp32_param
 from torch import nn
 
 from octvideo.models import build_model
@@ -104,6 +105,8 @@ def build_engine(
     (:class:`~octvideo.data.DeviceInput`): convolutions keep a channels-last input's layout.
     Weights stay contiguous, since DeepSpeed broadcasts them as bytes and ZeRO packs them into
     flat buffers; a convolution converts its (small) weight on the fly."""
+    import deepspeed
+
     model = build_network(config.model, num_classes)
     if start is not None:
         model.load_state_dict(start)
@@ -125,6 +128,8 @@ def fp32_state_dict(engine: Any) -> dict[str, torch.Tensor]:
     optimizer updates, gathered from every rank's partition under ZeRO 1-3, and the buffers
     (batch-norm statistics: average them across ranks first). Collective under ZeRO 1-3:
     every rank must call it; all ranks get the whole dict."""
+    from deepspeed.utils import safe_get_full_fp32_param
+
     module = engine.module
     state = {}
     for name, param in module.named_parameters():

@@ -73,7 +73,7 @@ def learning_rate_multiplier(name: str, lr_mult: Mapping[str, float]) -> float:
     return lr_mult[max(parts, key=len)] if parts else 1.0
 
 
-def describe(config: ExperimentConfig) -> str:
+def describe_finetuning(config: ExperimentConfig) -> str:
     """One line for the log: what is frozen and scaled ("" when nothing is)."""
     model, lr_mult = config.model, config.optim.lr_mult
     words = []

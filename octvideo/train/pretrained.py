@@ -51,12 +51,21 @@ def read_source(source: PretrainedConfig, tracking_uri: str | None) -> Any:
     except IsADirectoryError:
         raise ConfigError(f"model.pretrained.source: {source.source} is a folder; name the checkpoint file") from None
     except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ConfigError(
-            f"model.pretrained.source: {source.source} is not a readable PyTorch checkpoint ({reason[:200]})"
-        ) from None
+        raise ConfigError(f"model.pretrained.source: {source.source} {_unreadable(error)}") from None
     except storage_errors() as error:
         raise ConfigError(f"model.pretrained.source: {storage_error_message(source.source, error)}") from None
+
+
+def _unreadable(error: Exception) -> str:
+    """Why ``torch.load(weights_only=True)`` failed, without its advice to load arbitrary code."""
+    text = str(error)
+    if "WeightsUnpickler error:" in text:
+        detail = text.split("WeightsUnpickler error:", 1)[1].strip().split("\n\n")[0].strip()
+    else:
+        detail = (text.strip().splitlines() or [type(error).__name__])[0]
+    if "Unsupported global" in detail:
+        return f"holds pickled objects, not only tensors ({detail[:160]}); save a state_dict() instead"
+    return f"is not a readable PyTorch checkpoint ({detail[:160]})"
 
 
 def start_from_source(model: nn.Module, config: ExperimentConfig, tracking_uri: str | None) -> PretrainedLoad:

@@ -49,8 +49,7 @@ from octvideo.train.config import ExperimentConfig
 from octvideo.train.distributed import Collectives
 from octvideo.train.engine import build_engine, fp32_state_dict
 from octvideo.train.evaluate import Evaluation, evaluate
-from octvideo.train.finetune import describe as describe_finetuning
-from octvideo.train.finetune import frozen_batch_norms, keep_statistics
+from octvideo.train.finetune import describe_finetuning, frozen_batch_norms, keep_statistics
 from octvideo.train.plots import plot_confusion_matrix, plot_per_class_accuracy
 from octvideo.train.tracking import NullTracker, Tracker
 

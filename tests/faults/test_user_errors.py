@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 
 from octvideo.models import build_model
@@ -34,6 +35,8 @@ PIPELINE = REPO / "pipelines" / "kinetics.py"
 OCTVIDEO = Path(sys.executable).with_name("octvideo")
 #: The training job's user errors come back in seconds (an attempt at cluster work would take longer).
 FAST_SEC = 20
+#: The driver reads and converts a pretrained source (torch, the network) before it can fail on it.
+PRETRAINED_SEC = 60
 #: Runs at a time.
 PARALLEL = 2
 BUCKET = "no-such-bucket-octvideo"
@@ -41,6 +44,11 @@ BUCKET = "no-such-bucket-octvideo"
 RAY_MARKERS = ("Started a local Ray instance", "Connecting to existing Ray cluster", "Ray runtime started", "raylet")
 
 MINIMAL = "model: {alpha: 0.5, width: 8}\ndata: {train_manifest: train.csv, val_manifest: val.csv}\n"
+#: An experiment whose data can be listed (a 'path label' list), starting from ``{source}``.
+PRETRAINED = (
+    "model: {{name: oct_i3d_r18, alpha: 0.5, width: 8, pretrained: {source}}}\n"
+    "data: {{train_manifest: videos.txt, val_manifest: videos.txt}}\n"
+)
 
 
 @dataclass(frozen=True)
@@ -53,6 +61,7 @@ class Case:
     status: int = 2
     config: str | None = None  # written to {tmp}/experiment.yaml
     env: dict[str, str] = field(default_factory=dict)
+    seconds: float = FAST_SEC  # at most, before the error
 
 
 @dataclass(frozen=True)
@@ -167,6 +176,25 @@ PIPELINE_CASES = {
          "data.test_manifest: manifest test.csv does not exist",),
         config="data: {train_manifest: train.csv, val_manifest: val.csv, test_manifest: test.csv}\n",
     ),
+    # Pretrained sources (made by _experiment), read and converted on the driver before the cluster.
+    "pretrained_missing": Case(
+        ("--config", "{tmp}/experiment.yaml"), ("model.pretrained.source: checkpoint nowhere.pt does not exist",),
+        config=PRETRAINED.format(source="nowhere.pt"),
+    ),
+    "pretrained_corrupt": Case(
+        ("--config", "{tmp}/experiment.yaml"), ("model.pretrained.source: corrupt.pt is not a readable PyTorch checkpoint (Unsupported operand",),
+        config=PRETRAINED.format(source="corrupt.pt"), seconds=PRETRAINED_SEC,
+    ),
+    "pretrained_wrong_architecture": Case(
+        ("--config", "{tmp}/experiment.yaml"),
+        ("model.pretrained.source: slowfast.pt is an octvideo SlowFast checkpoint; it cannot start oct_i3d_r18",),
+        config=PRETRAINED.format(source="slowfast.pt"), seconds=PRETRAINED_SEC,
+    ),
+    "pretrained_wrong_alpha": Case(
+        ("--config", "{tmp}/experiment.yaml"),
+        ("model.pretrained.source: alpha25.pt is an octave model at alpha 0.25 and the model has alpha 0.5",),
+        config=PRETRAINED.format(source="alpha25.pt"), seconds=PRETRAINED_SEC,
+    ),
     "s3_bucket_missing": Case(
         ("--config", "{tmp}/experiment.yaml"), ("data.train_manifest: manifest s3://{bucket}/k400/train.csv does not exist",),
         config="data: {train_manifest: s3://{bucket}/k400/train.csv, val_manifest: s3://{bucket}/k400/val.csv}\n",
@@ -177,6 +205,11 @@ PIPELINE_CASES = {
 
 def _experiment(folder: Path, case: Case) -> None:
     (folder / "train.csv").write_text("")  # a manifest that exists; never read past its existence here
+    if case.config is not None and "pretrained" in case.config:
+        (folder / "videos.txt").write_text("a.mp4 0\nb.mp4 1\n")
+        (folder / "corrupt.pt").write_bytes(random_bytes(4096))
+        torch.save(build_model("oct_slowfast_r14", alpha=0.5, width=8).state_dict(), folder / "slowfast.pt")
+        torch.save(build_model("oct_i3d_r18", alpha=0.25, width=8, num_classes=2).state_dict(), folder / "alpha25.pt")
     if case.config is not None:
         (folder / "experiment.yaml").write_text(case.config.replace("{bucket}", BUCKET))
 
@@ -191,7 +224,8 @@ def pipeline_outcomes(tmp_path_factory: pytest.TempPathFactory, s3_server: S3Ser
 def test_the_training_job_rejects_user_errors_before_cluster_work(name: str, pipeline_outcomes: dict) -> None:
     outcome, fill = pipeline_outcomes[name]
     assert_user_error(outcome, "kinetics.py", PIPELINE_CASES[name], fill)
-    assert outcome.seconds < FAST_SEC and not any(marker in outcome.stderr for marker in RAY_MARKERS), outcome
+    case = PIPELINE_CASES[name]
+    assert outcome.seconds < case.seconds and not any(marker in outcome.stderr for marker in RAY_MARKERS), outcome
 
 
 # ---------------------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 started by ``ray start --head`` (the local stack), data and checkpoints in its S3 server, tracking
 and registry in its MLflow server. DeepSpeed ZeRO-2 (fp32) and ZeRO-3 (bf16) on 2 CPU workers; a worker killed
 with SIGKILL mid-run; a re-submission that resumes; the registered model's aliases; prediction
-with the registered model.
+with the registered model; a fine-tune from the registered model to new classes.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import time
 import fsspec
 import pytest
 
+from octvideo.data import write_synthetic_kinetics
 from octvideo.train.registry import CANDIDATE, CHAMPION, TOP1_TAG
 from tests.jobs import (
     STEPS_PER_EPOCH, checkpoint_registered, experiment, stack_with_tiny_data, step_history, submit, tracked_run,
@@ -110,3 +111,44 @@ def test_zero3_bf16_worker_killed_mid_run_resumes_from_checkpoint(stack: LocalSt
     assert any(step > 0 for _, _, step in worker_starts(job.stdout))  # continued from a checkpoint, not from zero
     assert run.info.status == "FINISHED"
     assert fsspec.filesystem("s3").exists("octvideo-demo/runs/zero3/model_fp32.pt")  # gathered from bf16 ZeRO-3 shards
+
+
+def test_fine_tune_from_a_registered_model_to_new_classes_with_a_worker_restart(stack: LocalStack) -> None:
+    """Start from the registered ``tiny@champion`` (3 classes) on 2 other classes, stem frozen, head
+    at 10x; a worker killed after the first checkpoint: the new workers resume from it and never
+    read the starting weights again. MLflow and the registry say what the run started from."""
+    counts = write_synthetic_kinetics("s3://octvideo-demo/tiny2", classes=["rotating_clockwise", "rotating_counterclockwise"],
+                             videos_per_class=4, duration=1.5, width=64, height=48)
+    config = experiment("finetune", epochs=2, zero_stage=2, every_steps=1, max_failures=1)
+    config["model"].update(pretrained="models:/tiny@champion", freeze=["stem"])
+    config["data"].update(train_manifest="s3://octvideo-demo/tiny2/train.csv", val_manifest="s3://octvideo-demo/tiny2/val.csv",
+                          test_manifest="s3://octvideo-demo/tiny2/test.csv")
+    config["optim"]["lr_mult"] = {"fc": 10.0}
+    config["tracking"]["registered_model_name"] = "tiny-finetuned"
+    started, killed = time.time(), []
+
+    def kill_after_first_checkpoint() -> None:
+        if wait_for(lambda: checkpoint_registered("finetune") and training_workers(started), timeout=400):
+            worker = training_workers(started)[0]
+            os.kill(worker.pid, signal.SIGKILL)
+            killed.append(worker.pid)
+
+    killer = threading.Thread(target=kill_after_first_checkpoint, daemon=True)
+    killer.start()
+    job = submit(stack, write_config("finetune", config))
+    killer.join(timeout=1)
+
+    assert killed, "no worker was killed"
+    assert "starting from models:/tiny@champion (octvideo); head re-initialised (3 -> 2 classes)" in job.stdout
+    # Both ranks of the first worker group read the starting weights; the group that replaced it resumed.
+    assert job.stdout.count("starting from the pretrained weights in") == 2, job.stdout[-4000:]
+    assert "resumed from" in job.stdout and any(step > 0 for _, _, step in worker_starts(job.stdout))
+    client, run = tracked_run(stack, "finetune")
+    assert run.info.status == "FINISHED"
+    steps_per_epoch = counts["train"] // 2  # 2 workers, 1 clip per batch
+    assert step_history(client, run.info.run_id) == list(range(1, 2 * steps_per_epoch + 1))
+    assert run.data.tags["octvideo.pretrained.source"] == "models:/tiny@champion"
+    assert run.data.tags["octvideo.pretrained.head"] == "re-initialised (3 -> 2 classes)"
+    assert run.data.params["optim.lr_mult.fc"] == "10.0" and run.data.params["model.freeze"] == '["stem"]'
+    version = client.get_model_version_by_alias("tiny-finetuned", CHAMPION)
+    assert version.description.startswith("Started from models:/tiny@champion (octvideo); head re-initialised")
