@@ -7,12 +7,14 @@ Formats (detected from the parameter names; ``format`` names one to skip the det
 * ``pytorchvideo``: pytorchvideo's ``i3d_r50`` / ``slowfast_r50``, bare or as the hub's
   checkpoint dict (``{"model_state": ...}``, PySlowFast's layout), 3-D;
 * ``octvideo``: this project's models (a run's ``model_fp32.pt``, a registered model), 2-D
-  (``oct_resnet50``) or 3-D, any alpha.
+  (``oct_resnet50``) or 3-D, any alpha. A state dict does not record ``octave_pool``: use the
+  one the checkpoint was trained with (a registered model's is checked).
 
 Conversions are exact:
 
 * **alpha.** A plain (alpha = 0) source is split into any alpha: an octave layer's weights
-  partition the plain layer's (:mod:`octvideo.models.vanilla`). An octave source fills a model
+  partition the plain layer's (:mod:`octvideo.models.vanilla`; bottleneck networks, since a
+  basic-block network at alpha > 0 has a shortcut convolution that its plain twin lacks). An octave source fills a model
   of its own alpha only: its low-frequency channels run at half resolution, so no other split
   computes what it learned.
 * **inflation** (2-D into 3-D; Carreira & Zisserman, "Quo Vadis, Action Recognition?", 2017):
@@ -32,7 +34,7 @@ SlowFast from a 2-D checkpoint is not offered: its fast pathway and lateral conn
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Literal, Mapping, Optional, Tuple
+from typing import Dict, Literal, Mapping, Tuple
 
 import torch
 from torch import nn
@@ -74,8 +76,10 @@ def unwrap_state_dict(checkpoint: object) -> Dict[str, torch.Tensor]:
     PySlowFast checkpoint dict. ``ValueError`` when it holds no state dict."""
     if isinstance(checkpoint, Mapping) and isinstance(checkpoint.get("model_state"), Mapping):
         checkpoint = checkpoint["model_state"]
-    if not isinstance(checkpoint, Mapping) or not checkpoint:
+    if not isinstance(checkpoint, Mapping):
         raise ValueError(f"holds no state dict (a mapping of parameter names to tensors), but a {type(checkpoint).__name__}")
+    if not checkpoint:
+        raise ValueError("holds an empty mapping, not a state dict")
     not_tensors = [k for k, v in checkpoint.items() if not (isinstance(k, str) and isinstance(v, torch.Tensor))]
     if not_tensors:
         keys = ", ".join(map(str, not_tensors[:3]))
@@ -109,12 +113,17 @@ def load_pretrained(
     inflate: InflateRule = "centre",
     head: HeadPolicy = "auto",
 ) -> PretrainedLoad:
-    """Fill ``model`` from ``checkpoint`` (a state dict, or a checkpoint dict holding one); see
-    the module docstring. ``ValueError`` (one line) naming what does not match: the format, the
-    architecture, the alpha, the class count or the tensors."""
+    """Fill ``model`` from ``checkpoint`` (a state dict, a checkpoint dict holding one, or a model,
+    whose ``octave_pool`` must then be the model's too); see the module docstring. ``ValueError``
+    (one line) naming what does not match: the format, the architecture, the alpha, the octave
+    pooling, the class count or the tensors."""
+    _check_options(format, inflate, head)
+    if isinstance(checkpoint, nn.Module):
+        _check_octave_pool(checkpoint, model)
+        checkpoint = checkpoint.state_dict()
     state = unwrap_state_dict(checkpoint)
     naming = detect_naming(state)
-    if format != "auto" and not naming.startswith(format):
+    if format != "auto" and naming.split("_")[0] != format:
         raise ValueError(f"is {_a(_format_name(naming))} checkpoint, not {format} as configured")
     _check_architecture(model, naming, _kernel_dims(state), any(k.startswith("slow_stem.") for k in state))
     state, head_note = _head(model, state, naming, head)
@@ -129,6 +138,22 @@ def load_pretrained(
     return PretrainedLoad(described, head_note)
 
 
+def _check_octave_pool(source: nn.Module, model: nn.Module) -> None:
+    pools = [{m.octave_pool for m in net.modules() if isinstance(m, OctConv) and m.is_octave} for net in (source, model)]
+    if all(pools) and pools[0] != pools[1]:
+        raise ValueError(
+            f"was trained with octave_pool {sorted(pools[0])[0]} and the model has {sorted(pools[1])[0]}: "
+            "the same weights compute something else; set model.octave_pool as the checkpoint was trained"
+        )
+
+
+def _check_options(format: str, inflate: str, head: str) -> None:
+    for name, value, allowed in (("format", format, ("auto",) + FORMATS), ("inflate", inflate, ("centre", "mean")),
+                                 ("head", head, ("auto", "keep", "reset"))):
+        if value not in allowed:
+            raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+
+
 def _a(words: str) -> str:
     return ("an " if words[0] in "aeiou" else "a ") + words
 
@@ -139,7 +164,10 @@ def _format_name(naming: str) -> str:
 
 def _kernel_dims(state: Mapping[str, torch.Tensor]) -> int:
     """2 for a checkpoint of a 2-D network, 3 for a video network (from its first convolution)."""
-    return next(v.dim() - 2 for v in state.values() if v.dim() >= 4)
+    dims = [v.dim() - 2 for v in state.values() if v.dim() >= 4]
+    if not dims:
+        raise ValueError("has no convolution weights; is it a complete checkpoint?")
+    return dims[0]
 
 
 def _check_architecture(model: nn.Module, naming: str, source_dims: int, source_slowfast: bool) -> None:
@@ -152,8 +180,6 @@ def _check_architecture(model: nn.Module, naming: str, source_dims: int, source_
             f"is {_a(source.get(naming, _format_name(naming)))} checkpoint; it cannot start {name}, "
             f"a {'SlowFast' if slowfast else 'ResNet'} (use a model of the checkpoint's architecture)"
         )
-    if source_dims == 2 and slowfast:
-        raise ValueError(f"is a 2-D checkpoint; {name} cannot be inflated from it (its fast pathway has no 2-D counterpart)")
     model_dims = 3 if slowfast else model.stem.conv.dims
     if source_dims > model_dims:
         raise ValueError(f"is a checkpoint of a 3-D (video) network; it cannot start the 2-D {name}")
@@ -204,17 +230,17 @@ def inflate_kernel(weight: torch.Tensor, frames: int, rule: InflateRule) -> torc
 
 
 def _load_octave(model: nn.Module, state: Dict[str, torch.Tensor], keep: Tuple[str, ...]) -> None:
-    """Load an octave model's weights into a model of the same architecture and alpha."""
+    """Load an octave model's weights into a model of the same architecture and split."""
     own = {k: v for k, v in model.state_dict().items() if not any(k.startswith(m + ".") for m in keep)}
+    split = _split_difference(state, own)
+    if split:
+        raise ValueError(
+            f"is an octave model whose frequency split differs from the model's ({split}): an octave model fills "
+            "only a model of its own split (its low-frequency channels run at half resolution); set model.alpha "
+            "(and last_stage_alpha) as the checkpoint was trained, or start from a plain (alpha 0) checkpoint"
+        )
     wrong = sorted(k for k in state.keys() & own.keys() if state[k].shape != own[k].shape)
     missing, unused = sorted(own.keys() - state.keys()), sorted(state.keys() - own.keys())
-    source_alpha, alpha = _alpha(state), _alpha(own)
-    if source_alpha != alpha and (wrong or missing or unused):
-        raise ValueError(
-            f"is an octave model at alpha {source_alpha:g} and the model has alpha {alpha or 0:g}: an octave model "
-            "fills only a model of its own alpha (its low-frequency channels run at half resolution); "
-            f"set model.alpha: {source_alpha:g}, or start from a plain (alpha 0) checkpoint"
-        )
     if wrong or missing or unused:
         raise ValueError(
             f"does not match the model: missing {missing[:3]}{'...' if len(missing) > 3 else ''}, "
@@ -223,14 +249,24 @@ def _load_octave(model: nn.Module, state: Dict[str, torch.Tensor], keep: Tuple[s
     model.load_state_dict(state, strict=not keep)
 
 
-def _alpha(state: Mapping[str, torch.Tensor]) -> Optional[float]:
-    """The low-frequency share of the widest layer with both groups, to 3 places (channel counts
-    round ``alpha * channels`` down); None when no layer has both."""
-    splits = [
-        (state[key].shape[0], state[key[: -len("_ll")] + "_hh"].shape[0])
-        for key in state if key.endswith(".weight_ll")
-    ]
-    if not splits:
-        return None
-    low, high = max(splits, key=sum)
-    return round(low / (low + high), 3)
+def _low_outputs(state: Mapping[str, torch.Tensor]) -> Dict[str, Tuple[int, int]]:
+    """Each octave layer's (low-frequency, all) output channels, by layer name."""
+    layers = {}
+    for key, weight in state.items():
+        if key.endswith(".weight_hh"):
+            layer = key[: -len(".weight_hh")]
+            low = next((state[f"{layer}.weight_{p}"].shape[0] for p in ("ll", "hl") if f"{layer}.weight_{p}" in state), 0)
+            layers[layer] = (low, low + weight.shape[0])
+    return layers
+
+
+def _split_difference(source: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor]) -> str:
+    """Where the checkpoint's split differs from the model's, in words (the widest such layer), or ""."""
+    theirs, ours = _low_outputs(source), _low_outputs(own)
+    differ = [layer for layer in ours.keys() & theirs.keys() if ours[layer] != theirs[layer] and ours[layer][1] == theirs[layer][1]]
+    if not differ:
+        return ""
+    layer = max(differ, key=lambda name: ours[name][1])
+    (low, total), (model_low, _) = theirs[layer], ours[layer]
+    return (f"{layer}: {low} of {total} output channels low-frequency, alpha {low / total:.3g}; "
+            f"the model's: {model_low}, alpha {model_low / total:.3g}")

@@ -159,7 +159,8 @@ def load_vanilla_weights(
 
     Accepted sources: pytorchvideo ``i3d_r50`` for ``oct_i3d_r50``, pytorchvideo
     ``slowfast_r50`` for ``oct_slowfast_r50``, torchvision ``resnet50`` for
-    ``oct_resnet50`` (state dicts of any width/depth built the same way work too).
+    ``oct_resnet50`` (bottleneck networks of any width/depth built the same way work too; a
+    basic-block network at alpha > 0 has a shortcut convolution its plain twin lacks).
     ``naming`` (a key of :data:`NAMINGS`) says whose parameter names the state dict uses;
     by default the model's plain twin's. Every tensor of the source must be used and every
     tensor of the model filled, except the modules named in ``keep`` (and what is under them),
@@ -205,6 +206,13 @@ def load_vanilla_weights(
     missing = sorted(set(own) - set(target))
     unused += sorted(set(target) - set(own))
     wrong_shape = [k for k in target if k in own and own[k].shape != target[k].shape]
+    shortcuts = sorted({k.split(".downsample.")[0] + ".downsample" for k in missing if ".downsample." in k})
+    if shortcuts and not unused and not wrong_shape and all(".downsample." in k for k in missing):
+        raise ValueError(
+            f"the plain network has no shortcut convolution at {', '.join(shortcuts)}: the octave model has one there "
+            "(a block that keeps its width but enters the octave split), so no plain checkpoint fills it; "
+            "start from an octave checkpoint of the model's alpha"
+        )
     if missing or unused or wrong_shape:
         raise ValueError(
             "the state dict does not match the model: "

@@ -34,13 +34,13 @@ START_FILE = "pretrained_start.pt"
 
 
 def read_source(source: PretrainedConfig, tracking_uri: str | None) -> Any:
-    """What ``source`` holds: a registered model's state dict, or a checkpoint file's content
+    """What ``source`` holds: a registered model (the module), or a checkpoint file's content
     (``torch.load`` without code execution). ConfigError naming the source when it cannot be read."""
     if source.registered:
         from octvideo.predict import load_registered_model
 
         try:
-            return load_registered_model(source.source, tracking_uri).model.state_dict()
+            return load_registered_model(source.source, tracking_uri).model
         except ValueError as error:
             raise ConfigError(f"model.pretrained.source: {error}") from None
     try:

@@ -192,7 +192,8 @@ PIPELINE_CASES = {
     ),
     "pretrained_wrong_alpha": Case(
         ("--config", "{tmp}/experiment.yaml"),
-        ("model.pretrained.source: alpha25.pt is an octave model at alpha 0.25 and the model has alpha 0.5",),
+        ("model.pretrained.source: alpha25.pt is an octave model whose frequency split differs from the model's "
+         "(layer3.0.conv1.conv: 8 of 32 output channels low-frequency, alpha 0.25; the model's: 16, alpha 0.5)",),
         config=PRETRAINED.format(source="alpha25.pt"), seconds=PRETRAINED_SEC,
     ),
     "s3_bucket_missing": Case(
