@@ -35,7 +35,9 @@ class PretrainedConfig(_Section):
     )
     inflate: Literal["centre", "mean"] = Field("centre", description="how a 2-D (ImageNet) kernel becomes 3-D")
     head: Literal["auto", "keep", "reset"] = Field(
-        "auto", description="auto: the classifier is re-initialised when the class count differs; keep: it must not"
+        "auto",
+        description="auto: the classifier is re-initialised when the class count differs (a registered model: when its "
+        "classes differ); reset: always; keep: a different count is an error",
     )
     storage_options: Dict[str, Any] = Field(default_factory=dict, description="fsspec options for source")
 

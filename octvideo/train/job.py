@@ -99,7 +99,8 @@ def prepare_job(config: ExperimentConfig, tracker: Optional[Tracker] = None) -> 
     check_parts(model, config)
     start = None
     if config.model.pretrained is not None:
-        start = start_from_source(model, config, config.tracking.tracking_uri)
+        class_names = sorted(label_map, key=label_map.__getitem__)
+        start = start_from_source(model, config, class_names, config.tracking.tracking_uri)
         _write_start(model, config)
     tracker = tracker if tracker is not None else start_tracker(config, rank=0)
     job = PreparedJob(config, tracker, label_map, start)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import pickle
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import fsspec
@@ -34,13 +34,14 @@ START_FILE = "pretrained_start.pt"
 
 
 def read_source(source: PretrainedConfig, tracking_uri: str | None) -> Any:
-    """What ``source`` holds: a registered model (the module), or a checkpoint file's content
-    (``torch.load`` without code execution). ConfigError naming the source when it cannot be read."""
+    """What ``source`` holds: a registered model (:class:`octvideo.predict.LoadedModel`), or a
+    checkpoint file's content (``torch.load`` without code execution). ConfigError naming the
+    source when it cannot be read."""
     if source.registered:
         from octvideo.predict import load_registered_model
 
         try:
-            return load_registered_model(source.source, tracking_uri).model
+            return load_registered_model(source.source, tracking_uri)
         except ValueError as error:
             raise ConfigError(f"model.pretrained.source: {error}") from None
     try:
@@ -68,13 +69,23 @@ def _unreadable(error: Exception) -> str:
     return f"is not a readable PyTorch checkpoint ({detail[:160]})"
 
 
-def start_from_source(model: nn.Module, config: ExperimentConfig, tracking_uri: str | None) -> PretrainedLoad:
-    """Fill ``model`` (the experiment's network, freshly built) from ``model.pretrained``;
-    ConfigError (one line) when the source does not fit it."""
+def start_from_source(
+    model: nn.Module, config: ExperimentConfig, class_names: Sequence[str], tracking_uri: str | None
+) -> PretrainedLoad:
+    """Fill ``model`` (the experiment's network, freshly built, for ``class_names``) from
+    ``model.pretrained``; ConfigError (one line) when the source does not fit it. A registered
+    model knows its classes: with ``head: auto`` its classifier is re-initialised when they are
+    not the data's, even at the same count."""
     source = config.model.pretrained
-    checkpoint = read_source(source, tracking_uri)
+    checkpoint, head = read_source(source, tracking_uri), source.head
+    if source.registered:
+        if head == "auto" and list(checkpoint.class_names) != list(class_names):
+            head = "reset"
+            logger.info("%s was trained on other classes (%s, ...): its classifier is re-initialised",
+                        source.source, ", ".join(checkpoint.class_names[:3]))
+        checkpoint = checkpoint.model
     try:
-        loaded = load_pretrained(model, checkpoint, format=source.format, inflate=source.inflate, head=source.head)
+        loaded = load_pretrained(model, checkpoint, format=source.format, inflate=source.inflate, head=head)
     except ValueError as error:
         raise ConfigError(f"model.pretrained.source: {source.source} {error}") from None
     logger.info("starting from %s (%s); head %s", source.source, loaded.format, loaded.head)
