@@ -261,9 +261,10 @@ def _low_outputs(state: Mapping[str, torch.Tensor]) -> Dict[str, Tuple[int, int]
 
 
 def _split_difference(source: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor]) -> str:
-    """Where the checkpoint's split differs from the model's, in words (the widest such layer), or ""."""
+    """Where the checkpoint's split differs from the model's, in words (the widest such layer, the
+    first in the network's order among equals), or ""."""
     theirs, ours = _low_outputs(source), _low_outputs(own)
-    differ = [layer for layer in ours.keys() & theirs.keys() if ours[layer] != theirs[layer] and ours[layer][1] == theirs[layer][1]]
+    differ = [layer for layer in ours if layer in theirs and ours[layer] != theirs[layer] and ours[layer][1] == theirs[layer][1]]
     if not differ:
         return ""
     layer = max(differ, key=lambda name: ours[name][1])
