@@ -38,6 +38,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -191,14 +192,12 @@ def pretrain(data: Path, seed: int, setup: Setup = SETUP) -> tuple[dict[str, tor
 
 
 def finetune(data: Path, seed: int, state: dict[str, torch.Tensor] | None,
-             setup: Setup = SETUP) -> tuple[list[float], str]:
+             setup: Setup = SETUP) -> tuple[list[float], str | None]:
     """Fine-tune from ``state`` (every weight but the classifier) or from scratch (None): the
-    validation curve, and what happened to the classifier."""
+    validation curve, and what load_pretrained did with the classifier (None from scratch)."""
     torch.manual_seed(seed + 1000)  # the same initial weights (classifier included) in both arms
     model = new_model(setup, len(setup.finetune_classes))
-    head = "freshly initialised (scratch)"
-    if state is not None:
-        head = load_pretrained(model, state, head="reset").head
+    head = None if state is None else load_pretrained(model, state, head="reset").head
     return train(model, data, seed, setup, setup.finetune), head
 
 
@@ -216,19 +215,22 @@ def run_transfer(root: Path, seed: int, setup: Setup = SETUP, log: Callable[[str
 
 
 def _run_transfer(root: Path, seed: int, setup: Setup, log: Callable[[str], None]) -> TransferResult:
-    started = time.perf_counter()
-    seconds = {}
-    pretrain_data, finetune_data = write_datasets(root, seed, setup)
-    seconds["data"] = time.perf_counter() - started
-    state, pretrain_curve = pretrain(pretrain_data, seed, setup)
-    seconds["pretrain"] = time.perf_counter() - started - sum(seconds.values())
+    seconds: dict[str, float] = {}
+    curves: dict[str, list[float]] = {}
+
+    def timed(phase: str, work: Callable[[], Any]) -> Any:
+        started = time.perf_counter()
+        result = work()
+        seconds[phase] = time.perf_counter() - started
+        return result
+
+    pretrain_data, finetune_data = timed("data", lambda: write_datasets(root, seed, setup))
+    state, pretrain_curve = timed("pretrain", lambda: pretrain(pretrain_data, seed, setup))
     log(f"seed {seed}: pre-trained, validation video top-1 per epoch {_curve(pretrain_curve)}")
-    curves, head = {}, ""
-    for arm, start in (("scratch", None), ("pretrained", state)):
-        curves[arm], note = finetune(finetune_data, seed, start, setup)
-        head = note if start is not None else head
-        seconds[arm] = time.perf_counter() - started - sum(seconds.values())
-        log(f"seed {seed}: {arm:>10}: {_curve(curves[arm])}")
+    curves["scratch"], _ = timed("scratch", lambda: finetune(finetune_data, seed, None, setup))
+    log(f"seed {seed}: {'scratch':>10}: {_curve(curves['scratch'])}")
+    curves["pretrained"], head = timed("pretrained", lambda: finetune(finetune_data, seed, state, setup))
+    log(f"seed {seed}: {'pretrained':>10}: {_curve(curves['pretrained'])}")
     return TransferResult(seed, pretrain_curve[-1], curves, head, seconds)
 
 
@@ -272,8 +274,6 @@ def report(results: list[TransferResult], setup: Setup, threads: int) -> str:
         NOT_TRANSFERRING,
     ]
     return "\n".join(lines)
-
-
 
 
 def main() -> None:

@@ -34,7 +34,7 @@ SlowFast from a 2-D checkpoint is not offered: its fast pathway and lateral conn
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Literal, Mapping, Tuple
+from typing import Dict, Literal, Mapping, Tuple, get_args
 
 import torch
 from torch import nn
@@ -48,7 +48,6 @@ Format = Literal["auto", "torchvision", "pytorchvideo", "octvideo"]
 InflateRule = Literal["centre", "mean"]
 HeadPolicy = Literal["auto", "keep", "reset"]
 
-FORMATS = ("torchvision", "pytorchvideo", "octvideo")
 #: The classifier's parameter names in each naming.
 _HEAD_KEYS = {
     "torchvision": ("fc.weight", "fc.bias"),
@@ -148,8 +147,8 @@ def _check_octave_pool(source: nn.Module, model: nn.Module) -> None:
 
 
 def _check_options(format: str, inflate: str, head: str) -> None:
-    for name, value, allowed in (("format", format, ("auto",) + FORMATS), ("inflate", inflate, ("centre", "mean")),
-                                 ("head", head, ("auto", "keep", "reset"))):
+    for name, value, choices in (("format", format, Format), ("inflate", inflate, InflateRule), ("head", head, HeadPolicy)):
+        allowed = get_args(choices)
         if value not in allowed:
             raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
 
