@@ -20,8 +20,15 @@ Each contender decodes with one thread, first in this process (one core; rounds 
 between contenders, median round reported), then through a torch DataLoader with 2 worker
 processes. Clips decoded from the same file open it anew, as a training dataset does.
 
+A second section (``--storage-latency``) measures the whole training data path, KineticsDataset
++ KineticsLoader, from storage at a distance: local disk, the S3 server directly, and the S3
+server behind a proxy that adds a fixed round-trip time (0, 20 and 50 ms; tests/faults/proxy.py),
+with the videos fetched ahead while others decode (``prefetch_videos``, the default) and
+streamed when decoded (``prefetch_videos=0``, how it was before), side by side in one run.
+
     python benchmarks/decode.py                        # full run, writes BENCHMARKS.md
     python benchmarks/decode.py --quick --no-write     # smoke run, tiny videos
+    python benchmarks/decode.py --storage-latency      # the storage-latency section only
 """
 
 from __future__ import annotations
@@ -50,9 +57,12 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from _report import machine_name, write_section
-from octvideo.data import decode_clip, write_synthetic_kinetics
+from octvideo.data import KineticsDataset, KineticsLoader, decode_clip, write_synthetic_kinetics
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the latency-injecting proxy of the fault tests
+from tests.faults.proxy import FaultyProxy  # noqa: E402
+
 FPS = 30
 FRAMES, SAMPLING = 8, 8
 WORKERS = 2  # default DataLoader workers: one per core here
@@ -380,6 +390,108 @@ def targets(results: list[Result], sizes: dict[int, float], workers: int) -> lis
     return notes
 
 
+# --- storage latency: the training data path from a store far away ---------------------------
+
+
+@dataclass(frozen=True)
+class Store:
+    """Where a latency contender reads the dataset: its manifest URL, options and prefetch depth."""
+
+    name: str
+    manifest: str
+    options: dict
+    prefetch_videos: int
+
+
+def loader_clips_per_sec(store: Store, batches: int, batch_size: int, workers: int, short: bool) -> float:
+    """Training clips per second through KineticsLoader, timed after each worker's first batch."""
+    size = dict(short_side_range=(64, 80), crop_size=56) if short else {}
+    dataset = KineticsDataset(store.manifest, "train", storage_options=store.options,
+                              prefetch_videos=store.prefetch_videos, min_videos_tried=10**6, **size)
+    loader = KineticsLoader(dataset, batch_size, num_workers=workers, drop_last=False,
+                            multiprocessing_context="forkserver", persistent_workers=True)
+    clips, started = 0, None
+    for epoch in range(10**6):
+        loader.set_epoch(epoch)
+        for batch in loader:
+            if started is None and (clips := clips + 1) == workers:
+                started, clips = time.perf_counter(), 0
+            elif started is not None:
+                clips += len(batch["clip"])
+                if clips >= batches * batch_size:
+                    return clips / (time.perf_counter() - started)
+    raise AssertionError("unreachable")
+
+
+def latency_stores(local: str, url: str, options: dict, proxies: dict[float, FaultyProxy]) -> list[Store]:
+    stores = [Store("local disk", local, {}, 0), Store("S3, direct", url, options, 8)]
+    for rtt, proxy in proxies.items():
+        proxied = {**options, "client_kwargs": {**options["client_kwargs"], "endpoint_url": proxy.url}}
+        for prefetch in (8, 0):
+            label = "fetched ahead" if prefetch else "streamed (before)"
+            stores.append(Store(f"S3 + {rtt * 1e3:.0f} ms RTT, {label}", url, proxied, prefetch))
+    return stores
+
+
+def storage_latency(args: argparse.Namespace) -> str:
+    """The storage-latency section's body: setup line, table, goals."""
+    videos = Videos(128, 72, 3.0, 8) if args.quick else Videos(426, 320, 10.0, 48)
+    rounds, batches, batch_size = (1, 2, 4) if args.quick else (args.rounds, 12, 8)
+    machine = f"{machine_name('cpu').rsplit(', ', 1)[0]}, {os.cpu_count()} cores"
+    folder = args.data / f"kinetics_{videos.width}x{videos.height}_{videos.count}"
+    if not folder.exists():
+        scratch = Path(tempfile.mkdtemp(dir=args.data))
+        write_synthetic_kinetics(str(scratch), classes=2, videos_per_class=videos.count // 2,
+                                 duration=videos.duration, width=videos.width, height=videos.height,
+                                 gop=PREPARED_GOP, val_fraction=0, test_fraction=0, workers=os.cpu_count() or 1)
+        scratch.rename(folder)
+    torch.set_num_threads(1)
+    results: dict[str, list[float]] = {}
+    with tempfile.TemporaryDirectory() as scratch, s3_server(Path(scratch) / "moto.log") as (options, _):
+        fs = fsspec.filesystem("s3", skip_instance_cache=True, **options)
+        fs.call_s3("create_bucket", Bucket="latency")
+        fs.put(str(folder) + "/", "latency/kinetics/", recursive=True)
+        port = int(options["client_kwargs"]["endpoint_url"].rsplit(":", 1)[1])
+        proxies = {rtt: FaultyProxy(port, rtt_s=rtt) for rtt in (0.0, 0.020, 0.050)}
+        stores = latency_stores(str(folder / "train.csv"), "s3://latency/kinetics/train.csv", options, proxies)
+        for _ in range(rounds):
+            for store in stores:
+                rate = loader_clips_per_sec(store, batches, batch_size, args.workers, args.quick)
+                results.setdefault(store.name, []).append(rate)
+                print(f"  {store.name:<40} {rate:6.1f} clips/s", flush=True)
+        for proxy in proxies.values():
+            proxy.close()
+    rate = {name: statistics.median(rates) for name, rates in results.items()}
+    local = rate["local disk"]
+    lines = ["| storage | clips/s | vs local disk | vs the same proxy at 0 ms |", "|---|---|---|---|"]
+    for name, value in rate.items():
+        zero = next((rate[n] for n in rate if n.startswith("S3 + 0 ms") and n.endswith(name.rsplit(", ", 1)[-1])), None)
+        versus_zero = f"{value / zero:.2f}" if " ms RTT" in name and zero else ""
+        lines.append(f"| {name} | {value:.1f} | {value / local:.2f} | {versus_zero} |")
+    ahead = "fetched ahead"
+    hidden_20 = rate[f"S3 + 20 ms RTT, {ahead}"] / rate[f"S3 + 0 ms RTT, {ahead}"]
+    hidden_50 = rate[f"S3 + 50 ms RTT, {ahead}"] / rate[f"S3 + 0 ms RTT, {ahead}"]
+    overhead = rate["S3, direct"] / local
+    goals = [
+        f"Latency hidden at 20 ms RTT: {hidden_20:.2f}x the clips/s at 0 ms (goal at least 0.9x: "
+        f"{'reached' if hidden_20 >= 0.9 else 'NOT reached'}); at 50 ms: {hidden_50:.2f}x (goal at least 0.8x: "
+        f"{'reached' if hidden_50 >= 0.8 else 'NOT reached'}).",
+        f"Client overhead: S3 direct at {overhead:.2f}x local disk (goal at least 0.75x: "
+        f"{'reached' if overhead >= 0.75 else 'NOT reached'}); the S3 server and the proxy share the "
+        f"{os.cpu_count()} cores with the loader.",
+    ]
+    setup = (
+        f"Machine: {machine}. KineticsDataset + KineticsLoader in train mode, "
+        f"{args.workers} DataLoader workers, batch {batch_size}, {FRAMES}x{SAMPLING} clips at {FPS} fps, "
+        f"short side 256-320, crop 224, from {videos.count} synthetic {videos.duration:g} s "
+        f"{videos.width}x{videos.height} H.264 videos (keyframe every {PREPARED_GOP}); "
+        f"{batches * batch_size} clips timed per cell after each worker's first batch, median of "
+        f"{rounds} interleaved rounds. S3 = a moto server on 127.0.0.1; the proxy delays each "
+        f"direction by half the RTT. Fetched ahead: prefetch_videos=8 (the default); streamed: 0."
+    )
+    return "\n\n".join([setup, "\n".join(lines), *goals])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -395,7 +507,17 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny videos and few clips (smoke test)")
     parser.add_argument("--output", type=Path, default=ROOT / "BENCHMARKS.md")
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--storage-latency", action="store_true",
+                        help="only the section on storage latency (KineticsLoader from S3 at 0-50 ms RTT)")
     args = parser.parse_args()
+    if args.storage_latency:
+        args.data.mkdir(parents=True, exist_ok=True)
+        body = storage_latency(args)
+        print(body)
+        if not args.no_write:
+            write_section(args.output, "Training clips from object storage at a distance, CPU", body
+                          + f"\n\nReproduce: `python benchmarks/decode.py --storage-latency --workers {args.workers}`")
+        return
     videos = Videos(568, 320, 10.0, args.videos)
     setup = Setup(short_side=256, crop=224)
     if args.quick:

@@ -55,12 +55,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     import ray
     import ray.train
 
+    from octvideo.data.storage import StorageUnavailable
     from octvideo.train.job import prepare_job, run_job, training_failure
     from octvideo.train.tracking import TrackingUnavailable
 
     try:
         job = prepare_job(config)
-    except (ConfigError, TrackingUnavailable) as error:
+    except (ConfigError, TrackingUnavailable, StorageUnavailable) as error:
         return _fail(parser.prog, error)
     ray.init()  # joins the cluster of RAY_ADDRESS (as under `ray job submit`), else starts a local one
     try:

@@ -4,61 +4,61 @@ storage -> decode -> clip plan -> uint8 transforms -> dataset / loader -> device
 Clips are uint8 ``(T, H, W, 3)`` from the decoder, uint8 ``(C, T, H, W)`` after the transforms
 (batches ``(B, C, T, H, W)`` cross process boundaries at a quarter of the float size), and become
 float only on the device.
+
+The names below load their module on first use (PEP 562), so that ``octvideo.data.storage`` and
+``octvideo.data.manifest`` can be imported without torch: the job's pre-checks use them before
+importing it.
 """
 
-from .dataset import (
-    BadVideo,
-    BadVideoTracker,
-    KineticsDataset,
-    KineticsLoader,
-    ShardSampler,
-    TooManyBadVideos,
-    collate,
-)
-from .decode import VideoDecodeError, VideoInfo, VideoReader, decode_clip, decode_clips, probe_video
-from .device import KINETICS_MEAN, KINETICS_STD, DeviceInput, model_input, normalize, slowfast_pathways
-from .manifest import Manifest, VideoEntry, load_manifest, read_label_map, write_label_map
-from .sampling import ClipPlan, ClipSpec, Mode, multiview_plans, multiview_starts, train_plan, val_plan
-from .storage import RetryPolicy, open_url, retry_call
-from .synthetic import write_synthetic_kinetics
-from .transforms import EvalTransform, TrainTransform
+from __future__ import annotations
 
-__all__ = [
-    "BadVideo",
-    "BadVideoTracker",
-    "ClipPlan",
-    "ClipSpec",
-    "DeviceInput",
-    "EvalTransform",
-    "KINETICS_MEAN",
-    "KINETICS_STD",
-    "KineticsDataset",
-    "KineticsLoader",
-    "Manifest",
-    "Mode",
-    "RetryPolicy",
-    "ShardSampler",
-    "TooManyBadVideos",
-    "TrainTransform",
-    "VideoDecodeError",
-    "VideoEntry",
-    "VideoInfo",
-    "VideoReader",
-    "collate",
-    "decode_clip",
-    "decode_clips",
-    "load_manifest",
-    "model_input",
-    "multiview_plans",
-    "multiview_starts",
-    "normalize",
-    "open_url",
-    "probe_video",
-    "read_label_map",
-    "retry_call",
-    "slowfast_pathways",
-    "train_plan",
-    "val_plan",
-    "write_label_map",
-    "write_synthetic_kinetics",
-]
+import importlib
+from typing import Any
+
+_MODULE_OF = {
+    "BadVideo": "dataset",
+    "BadVideoTracker": "dataset",
+    "KineticsDataset": "dataset",
+    "KineticsLoader": "dataset",
+    "ShardSampler": "dataset",
+    "TooManyBadVideos": "dataset",
+    "collate": "dataset",
+    "VideoDecodeError": "decode",
+    "VideoInfo": "decode",
+    "VideoReader": "decode",
+    "decode_clip": "decode",
+    "decode_clips": "decode",
+    "probe_video": "decode",
+    "DeviceInput": "device",
+    "KINETICS_MEAN": "device",
+    "KINETICS_STD": "device",
+    "model_input": "device",
+    "normalize": "device",
+    "slowfast_pathways": "device",
+    "Manifest": "manifest",
+    "VideoEntry": "manifest",
+    "load_manifest": "manifest",
+    "read_label_map": "manifest",
+    "write_label_map": "manifest",
+    "ClipPlan": "sampling",
+    "ClipSpec": "sampling",
+    "Mode": "sampling",
+    "multiview_plans": "sampling",
+    "multiview_starts": "sampling",
+    "train_plan": "sampling",
+    "val_plan": "sampling",
+    "RetryPolicy": "storage",
+    "open_url": "storage",
+    "retry_call": "storage",
+    "write_synthetic_kinetics": "synthetic",
+    "EvalTransform": "transforms",
+    "TrainTransform": "transforms",
+}
+
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_MODULE_OF[name]}", __name__), name)

@@ -38,9 +38,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from octvideo.data.decode import DEFAULT_TIMEOUT_SEC, VideoDecodeError, VideoReader
+from octvideo.data.fetch import VideoFetcher
 from octvideo.data.manifest import Manifest, load_manifest
 from octvideo.data.sampling import ClipPlan, ClipSpec, Mode, multiview_plans, train_plan, val_plan
-from octvideo.data.storage import DEFAULT_RETRY, NO_RETRY, RetryPolicy, StorageUnavailable, is_transient, retry_call
+from octvideo.data.storage import (
+    DEFAULT_RETRY, NO_RETRY, RetryPolicy, StorageUnavailable, bounded_storage_options, is_transient, retry_call,
+    retry_storage_call,
+)
 from octvideo.data.transforms import EvalTransform, TrainTransform
 
 logger = logging.getLogger(__name__)
@@ -86,7 +90,9 @@ class KineticsDataset(Dataset):
     The decoder scales frames to the short side inside FFmpeg; the transforms only crop and flip.
     ``manifest`` is a :class:`Manifest` or a URL read with :func:`load_manifest` (``root``,
     ``split``, ``storage_options``). ``decode_threads`` is per item (DataLoader workers give the
-    parallelism). See the module docstring for randomness, workers and bad videos.
+    parallelism). ``prefetch_videos``: how many remote videos of a batch are downloaded at once,
+    whole, while the first ones decode (:mod:`octvideo.data.fetch`; 0: stream each when decoded).
+    See the module docstring for randomness, workers and bad videos.
     """
 
     def __init__(
@@ -113,19 +119,21 @@ class KineticsDataset(Dataset):
         max_retries: int = 10,
         max_bad_fraction: float = 0.05,
         min_videos_tried: int = 500,
+        prefetch_videos: int = 8,
     ) -> None:
         if mode not in {m.value for m in Mode}:
             raise ValueError(f"unknown mode {mode!r}; use 'train', 'val' or 'test'")
         self.mode = Mode(mode)
         self.storage_options = dict(storage_options or {})
         if isinstance(manifest, str):
-            manifest = load_manifest(manifest, root, split, self.storage_options)
+            url, options = manifest, bounded_storage_options(manifest, self.storage_options, retry.max_total_sec)
+            manifest = retry_storage_call(lambda: load_manifest(url, root, split, options), retry, f"reading {url}")
         if len(manifest) == 0:
             raise ValueError("the manifest has no videos")
-        if decode_threads < 0 or max_retries < 0 or min_videos_tried < 1:
+        if decode_threads < 0 or max_retries < 0 or min_videos_tried < 1 or prefetch_videos < 0:
             raise ValueError(
-                "need decode_threads >= 0, max_retries >= 0 and min_videos_tried >= 1; got "
-                f"{decode_threads}, {max_retries}, {min_videos_tried}"
+                "need decode_threads >= 0, max_retries >= 0, min_videos_tried >= 1 and prefetch_videos >= 0; "
+                f"got {decode_threads}, {max_retries}, {min_videos_tried}, {prefetch_videos}"
             )
         if not 0 <= max_bad_fraction <= 1:
             raise ValueError(f"max_bad_fraction must be in [0, 1], got {max_bad_fraction}")
@@ -146,6 +154,9 @@ class KineticsDataset(Dataset):
         self.max_bad_fraction, self.min_videos_tried = max_bad_fraction, min_videos_tried
         self._known_bad: dict[int, BadVideo] = {}
         self._cache: tuple[int, list[ClipPlan], list[torch.Tensor]] | None = None
+        self.fetcher = (
+            VideoFetcher(self.storage_options, retry.max_total_sec, max_videos=prefetch_videos) if prefetch_videos else None
+        )
 
     def __len__(self) -> int:
         return len(self.manifest) * self.views_per_video
@@ -194,6 +205,19 @@ class KineticsDataset(Dataset):
             f"item {index}: video {wanted} and {len(failed) - 1} substitute(s) are unreadable "
             f"(max_retries={self.max_retries}); e.g.\n{_examples(failed)}"
         )
+
+    def __getitems__(self, keys: Sequence[int | tuple[int, int]]) -> list[dict[str, Any]]:
+        """A batch of items (what a DataLoader asks a worker for): the batch's remote videos are
+        fetched together, ``prefetch_videos`` at a time, while the first ones decode."""
+        if self.fetcher is None:
+            return [self[key] for key in keys]
+        cached = self._cache[0] if self._cache is not None else None
+        videos = dict.fromkeys(_index(key) // self.views_per_video for key in keys)
+        self.fetcher.prefetch(self.manifest[video].url for video in videos if video != cached)
+        try:
+            return [self[key] for key in keys]
+        finally:
+            self.fetcher.discard()
 
     def __getstate__(self) -> dict[str, Any]:
         # What this process found or decoded stays here; a worker starts afresh.
@@ -250,11 +274,11 @@ class KineticsDataset(Dataset):
         ``views_per_clip`` views. Transient storage errors retry the whole read under
         ``self.retry``; ``plan`` must give the same views every time it is called."""
         spec = self.clip_spec
+        options = bounded_storage_options(url, self.storage_options, self.retry.max_total_sec)
 
         def attempt() -> tuple[list[ClipPlan], list[torch.Tensor]]:
-            with VideoReader(
-                url, self.storage_options, threads=self.decode_threads, retry=NO_RETRY
-            ) as video:
+            source = self.fetcher.take(url) if self.fetcher is not None else url  # bytes on the first try
+            with VideoReader(source, options, threads=self.decode_threads, retry=NO_RETRY) as video:
                 plans = plan(video.info(self.timeout_sec).duration_sec)
                 clips = video.read_clips(
                     [p.start_sec for p in plans[::views_per_clip]],
@@ -483,6 +507,10 @@ def _rng(*key: int) -> torch.Generator:
     """A generator seeded from a tuple of non-negative ints, well mixed (NumPy SeedSequence)."""
     seed = np.random.SeedSequence(key).generate_state(1, np.uint64)[0]
     return torch.Generator().manual_seed(int(seed))
+
+
+def _index(key: int | tuple[int, int]) -> int:
+    return key[1] if isinstance(key, tuple) else key
 
 
 def _storage_hiccup(exc: BaseException) -> bool:

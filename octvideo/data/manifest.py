@@ -26,7 +26,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 import fsspec
-from fsspec.core import split_protocol, url_to_fs
+from fsspec.core import split_protocol
+
+from octvideo.data.storage import filesystem
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +102,8 @@ def write_label_map(
 
 def read_label_map(url: str, storage_options: Mapping | None = None) -> dict[str, int]:
     """Read a label map written by ``write_label_map`` and check it is a bijection onto 0..n-1."""
-    with fsspec.open(url, "r", encoding="utf-8", **(storage_options or {})) as f:
+    fs, path = filesystem(url, storage_options)
+    with fs.open(path, "r", encoding="utf-8") as f:
         try:
             mapping = json.load(f)
         except json.JSONDecodeError as error:
@@ -132,7 +135,7 @@ def load_manifest(
     """
     options = dict(storage_options or {})
     url = _absolute(url.rstrip("/"))
-    fs, path = url_to_fs(url, **options)
+    fs, path = filesystem(url, options)
     if fs.isdir(path):
         if root is not None:
             raise ValueError(f"root= applies to CSV and list manifests; {url} is a folder tree")
@@ -272,7 +275,7 @@ def _locate_kinetics_videos(
 
 def _list_videos(folder_url: str, options: dict) -> dict[str, str]:
     """Video files under a folder: relative path without extension -> relative path (.mp4 wins)."""
-    fs, base = url_to_fs(folder_url, **options)
+    fs, base = filesystem(folder_url, options)
     base = base.rstrip("/")
     found: dict[str, str] = {}
     for path in fs.find(base):
@@ -319,7 +322,7 @@ def _load_tree(
     label_map: Mapping[str, int] | str | None,
 ) -> Manifest:
     base = _join(url, split) if split is not None else url
-    if split is not None and not fs.isdir(url_to_fs(base, **options)[1]):
+    if split is not None and not fs.isdir(filesystem(base, options)[1]):
         raise ValueError(f"split folder {base} does not exist")
     videos = sorted(
         relative for relative in _list_videos(base, options).values() if relative.count("/") == 1
@@ -349,7 +352,7 @@ def _resolve_label_map(
         _check_label_map(label_map, "the given label map")
         return dict(label_map), "the given label map"
     beside = _join(root, LABEL_MAP_NAME)
-    fs, path = url_to_fs(beside, **options)
+    fs, path = filesystem(beside, options)
     if fs.isfile(path):
         log.info("using label map %s", beside)
         return read_label_map(beside, options), f"label map {beside}"

@@ -17,7 +17,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import IO, Any, TypeVar
 
+import fsspec.asyn
 import fsspec.core
+import fsspec.exceptions
 
 logger = logging.getLogger(__name__)
 
@@ -200,6 +202,77 @@ def retry_call(
         attempt += 1
 
 
+def retry_storage_call(fn: Callable[[], T], policy: RetryPolicy, what: str) -> T:
+    """:func:`retry_call` for a storage transfer: a transient error that outlasts ``policy``
+    becomes :class:`StorageUnavailable` naming ``what`` (say, "reading s3://...")."""
+    try:
+        return retry_call(fn, policy, what=what)
+    except Exception as error:
+        if is_transient(error):
+            raise StorageUnavailable.after(what, policy.max_total_sec, error) from error
+        raise
+
+
+def request_timeout_s(timeout_s: float) -> float:
+    """How long one storage request may wait for an answer when the caller gives up on storage
+    after ``timeout_s``: a small share of it, never under 1 s nor over 10 s."""
+    return min(10.0, max(1.0, timeout_s / 10))
+
+
+def bounded_storage_options(
+    url: str | os.PathLike[str], storage_options: Mapping[str, Any] | None, timeout_s: float
+) -> dict[str, Any]:
+    """``storage_options`` for ``url``'s store whose client gives up on a request that gets no
+    answer within :func:`request_timeout_s` of ``timeout_s``, the bound the caller's retries
+    (:meth:`RetryPolicy.for_outages_up_to`) put on an outage.
+
+    Without this, an S3 endpoint that accepts connections and never answers blocks a read for
+    s3fs's 15 s read timeout times botocore's attempts times s3fs's (nested) retries: many
+    minutes, with no log line. With it, botocore does not retry and :func:`filesystem` turns
+    s3fs's retries off, so the caller's retry loop (with backoff, until ``timeout_s``) is the only
+    one, and a silent endpoint becomes a transient error within ``timeout_s`` plus one request.
+    Settings the user gave in ``config_kwargs`` win. Other stores are returned unchanged.
+    """
+    options = dict(storage_options or {})
+    if fsspec.core.split_protocol(os.fspath(url))[0] not in ("s3", "s3a"):
+        return options
+    request_s = request_timeout_s(timeout_s)
+    options["config_kwargs"] = {
+        "connect_timeout": request_s,
+        "read_timeout": request_s,
+        "retries": {"mode": "standard", "max_attempts": 1},
+        **options.get("config_kwargs", {}),
+    }
+    return options
+
+
+def filesystem(
+    url: str | os.PathLike[str], storage_options: Mapping[str, Any] | None = None
+) -> tuple[fsspec.AbstractFileSystem, str]:
+    """fsspec's filesystem and path for ``url``. An S3 client made from
+    :func:`bounded_storage_options` makes one attempt per request: its caller retries."""
+    fs, path = fsspec.core.url_to_fs(os.fspath(url), **dict(storage_options or {}))
+    config = (storage_options or {}).get("config_kwargs") or {}
+    if "read_timeout" in config and "s3" in fs.protocol:
+        fs.retries = 1
+    return fs, path
+
+
+def with_deadline(fs: fsspec.AbstractFileSystem, seconds: float, call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``call(*args, **kwargs)``, a method of ``fs``, ended after ``seconds`` with a TimeoutError
+    that names the endpoint (fsspec's own ``timeout`` of async filesystems; others are called as
+    they are). Uploads need it: botocore sends them with ``Expect: 100-continue``, and aiohttp
+    waits for the "100 Continue" of a silent endpoint with no timeout at all."""
+    if not isinstance(fs, fsspec.asyn.AsyncFileSystem):
+        return call(*args, **kwargs)
+    try:
+        return call(*args, timeout=seconds, **kwargs)
+    except fsspec.exceptions.FSTimeoutError:
+        client = getattr(fs, "_s3", None)  # s3fs's botocore client, once connected
+        endpoint = getattr(getattr(client, "meta", None), "endpoint_url", None) or f"the {fs.protocol[0]} endpoint"
+        raise TimeoutError(f"{endpoint} did not answer within {seconds:g} s") from None
+
+
 def open_url(
     url: str | os.PathLike[str],
     storage_options: Mapping[str, Any] | None = None,
@@ -213,9 +286,10 @@ def open_url(
 
     ``block_size``/``cache_type`` apply to remote filesystems; local and ``memory://`` files are
     read directly. Opening (which asks the store for the object's size) is retried on transient
-    errors; a missing object raises FileNotFoundError at once. The caller closes the file.
+    errors; a missing object raises FileNotFoundError at once. Each request is bounded in time
+    by ``retry`` (:func:`bounded_storage_options`). The caller closes the file.
     """
-    fs, path = fsspec.core.url_to_fs(os.fspath(url), **dict(storage_options or {}))
+    fs, path = filesystem(url, bounded_storage_options(url, storage_options, retry.max_total_sec))
     cache_options = {"maxblocks": max_blocks} if cache_type == "blockcache" else None
     return retry_call(
         lambda: fs.open(

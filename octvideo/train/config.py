@@ -13,9 +13,10 @@ import difflib
 from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple
 
 import fsspec
-import fsspec.core
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from octvideo.data.storage import bounded_storage_options, filesystem, storage_error_message, storage_errors
 
 
 class ConfigError(ValueError):
@@ -127,10 +128,17 @@ class DataConfig(_Section):
     workers: int = Field(4, ge=0, description="DataLoader worker processes per training worker")
     prefetch_factor: int = Field(2, ge=1, description="batches each DataLoader worker keeps ready")
     decode_threads: int = Field(1, ge=0)
+    prefetch_videos: int = Field(
+        8, ge=0, description="remote videos each DataLoader worker downloads ahead, whole, while it decodes (0: off)"
+    )
     max_bad_fraction: float = Field(0.05, ge=0.0, le=1.0)
     storage_timeout_s: float = Field(
-        60.0, gt=0, description="how long a video read retries through a storage outage before the run fails"
+        60.0, gt=0, description="how long a video or manifest read retries through a storage outage before the run fails"
     )
+
+    def client_options(self, url: str) -> Dict[str, Any]:
+        """``storage_options`` for reading ``url``, each request bounded by ``storage_timeout_s``."""
+        return bounded_storage_options(url, self.storage_options, self.storage_timeout_s)
 
 
 class OptimConfig(_Section):
@@ -218,6 +226,10 @@ class CheckpointConfig(_Section):
     storage_timeout_s: float = Field(
         300.0, gt=0, description="how long checkpoint uploads and downloads retry through a storage outage"
     )
+
+    def client_options(self, url: str) -> Dict[str, Any]:
+        """``storage_options`` for ``url`` on the run's storage, each request bounded by ``storage_timeout_s``."""
+        return bounded_storage_options(url, self.storage_options, self.storage_timeout_s)
 
 
 class TrackingConfig(_Section):
@@ -319,13 +331,6 @@ def _yaml_problem(error: yaml.YAMLError) -> str:
     return text
 
 
-def _storage_errors() -> Tuple[type, ...]:
-    """:func:`octvideo.data.storage.storage_errors`, imported (with torch) only once reading failed."""
-    from octvideo.data.storage import storage_errors
-
-    return storage_errors()
-
-
 def load_config(url: str, overrides: Sequence[str] = ()) -> ExperimentConfig:
     """Read a YAML experiment from a path or URL, apply dotted overrides, validate."""
     try:
@@ -339,9 +344,7 @@ def load_config(url: str, overrides: Sequence[str] = ()) -> ExperimentConfig:
         raise ConfigError(f"config file {url} is not a text file; pass the experiment's YAML file") from None
     except yaml.YAMLError as error:
         raise ConfigError(f"{url} is not valid YAML{_yaml_problem(error)}") from None
-    except _storage_errors() as error:
-        from octvideo.data.storage import storage_error_message
-
+    except storage_errors() as error:
         raise ConfigError(f"config file: {storage_error_message(url, error)}") from None
     if raw is None:
         raw = {}
@@ -361,14 +364,15 @@ def check_inputs(config: ExperimentConfig) -> None:
         files.append(("model.pretrained.source", "checkpoint", pretrained.source, "model.pretrained"))
     problems = []
     for key, what, url, section in files:
-        options = pretrained.storage_options if section == "model.pretrained" else data.storage_options
+        if section == "model.pretrained":
+            options = bounded_storage_options(url, pretrained.storage_options, config.checkpoint.storage_timeout_s)
+        else:
+            options = data.client_options(url)
         try:
-            fs, path = fsspec.core.url_to_fs(url, **options)
+            fs, path = filesystem(url, options)
             if not fs.exists(path):
                 problems.append(f"{key}: {what} {url} does not exist; check the URL and {section}.storage_options")
-        except _storage_errors() as error:
-            from octvideo.data.storage import storage_error_message
-
+        except storage_errors() as error:
             problems.append(f"{key}: {storage_error_message(url, error)}")
     if problems:
         raise ConfigError("the experiment's inputs cannot be read:\n" + "\n".join(f"  {p}" for p in problems))

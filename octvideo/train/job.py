@@ -25,7 +25,9 @@ import torch
 from ray.train.torch import TorchTrainer
 
 from octvideo.data import load_manifest, model_input
-from octvideo.data.storage import RetryPolicy, StorageUnavailable, is_transient, storage_error_message, storage_errors
+from octvideo.data.storage import (
+    RetryPolicy, StorageUnavailable, is_transient, retry_storage_call, storage_error_message, storage_errors,
+)
 from octvideo.models import build_model
 from octvideo.profile import profile_model
 from octvideo.train.checkpoint import load_weights
@@ -74,12 +76,17 @@ def dataset_label_map(config: ExperimentConfig) -> dict[str, int]:
     """The training split's label map (class name -> index); ConfigError naming the manifest
     when it cannot be read. Bare ``path label`` lists get names ``"0"``, ``"1"``, ..."""
     data = config.data
+    url, options = data.train_manifest, data.client_options(data.train_manifest)
     try:
-        manifest = load_manifest(data.train_manifest, data.root, storage_options=data.storage_options)
+        manifest = retry_storage_call(
+            lambda: load_manifest(url, data.root, storage_options=options),
+            RetryPolicy.for_outages_up_to(data.storage_timeout_s),
+            f"reading {url}",
+        )
     except ValueError as error:
         raise ConfigError(f"data.train_manifest: {error}") from None
     except storage_errors() as error:
-        raise ConfigError(f"data.train_manifest: {storage_error_message(data.train_manifest, error)}") from None
+        raise ConfigError(f"data.train_manifest: {storage_error_message(url, error)}") from None
     if manifest.label_map is not None:
         return dict(manifest.label_map)
     return {str(index): index for index in range(config.model.num_classes or manifest.num_classes)}

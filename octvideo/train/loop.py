@@ -29,7 +29,9 @@ import ray.train
 import torch
 
 from octvideo.data import KineticsDataset
-from octvideo.data.storage import RetryPolicy, StorageUnavailable, is_transient, retry_call
+from octvideo.data.storage import (
+    RetryPolicy, bounded_storage_options, filesystem, retry_call, retry_storage_call, with_deadline,
+)
 from octvideo.train.checkpoint import TrainState, load_engine, save_engine, save_weights
 from octvideo.train.config import ExperimentConfig, parse_config
 from octvideo.train.pretrained import read_start, start_file
@@ -72,6 +74,7 @@ def kinetics_dataset(config: ExperimentConfig, mode: str) -> KineticsDataset:
         seed=config.seed,
         storage_options=data.storage_options,
         decode_threads=data.decode_threads,
+        prefetch_videos=data.prefetch_videos,
         max_bad_fraction=data.max_bad_fraction,
         retry=RetryPolicy.for_outages_up_to(data.storage_timeout_s),
     )
@@ -89,7 +92,7 @@ class RayRun:
         if ray.train.get_checkpoint() is not None:
             return None  # resuming: the checkpoint has the weights
         url = start_file(config)
-        weights = _with_storage_retries(lambda: read_start(config), self.retry, f"reading {url}")
+        weights = retry_storage_call(lambda: read_start(config), self.retry, f"reading {url}")
         logger.info("starting from the pretrained weights in %s", url)
         return weights
 
@@ -98,7 +101,7 @@ class RayRun:
         if checkpoint is None:
             return None
         with tempfile.TemporaryDirectory(prefix="octvideo-restore-") as local:
-            _with_storage_retries(lambda: checkpoint.to_directory(local), self.retry, f"downloading checkpoint {checkpoint.path}")
+            retry_storage_call(lambda: checkpoint.to_directory(local), self.retry, f"downloading checkpoint {checkpoint.path}")
             state = load_engine(engine, local)
         logger.info("resumed from %s at %s", checkpoint.path, state)
         return state
@@ -127,7 +130,7 @@ class RayRun:
             with storage.storage_filesystem.open_output_stream(target) as out:
                 save_weights(state, out)
 
-        _with_storage_retries(write, self.retry, f"writing {target}")
+        retry_storage_call(write, self.retry, f"writing {target}")
         return target
 
 
@@ -148,24 +151,15 @@ def upload_checkpoint(checkpoint: ray.train.Checkpoint, checkpoint_dir_name: str
     }
 
     def copy() -> None:
-        fs.put(checkpoint.path.rstrip("/") + "/", destination, recursive=True)
+        with_deadline(fs, retry.max_total_sec, fs.put, checkpoint.path.rstrip("/") + "/", destination, recursive=True)
         fs.invalidate_cache(destination)
         found = {os.path.relpath(path, destination): info["size"] for path, info in fs.find(destination, detail=True).items()}
         missing = sorted(name for name, size in sizes.items() if found.get(name) != size)
         if missing:
             raise OSError(errno.EIO, f"checkpoint files missing or short after upload to {destination}: {missing}")
 
-    _with_storage_retries(copy, retry, f"uploading checkpoint {destination}")
+    retry_storage_call(copy, retry, f"uploading checkpoint {destination}")
     return ray.train.Checkpoint(destination, filesystem=storage.storage_filesystem)
-
-
-def _with_storage_retries(fn: Any, retry: RetryPolicy, what: str) -> Any:
-    try:
-        return retry_call(fn, retry, what=what)
-    except Exception as error:
-        if is_transient(error):
-            raise StorageUnavailable.after(what, retry.max_total_sec, error) from error
-        raise
 
 
 def _fsspec_filesystem(filesystem: pyarrow.fs.FileSystem) -> fsspec.AbstractFileSystem:
@@ -189,7 +183,7 @@ def run_storage(
     protocol, _ = fsspec.core.split_protocol(storage_path)
     if protocol in (None, "file", "local"):
         return os.path.abspath(fsspec.core.strip_protocol(storage_path)), None
-    fs, path = fsspec.core.url_to_fs(storage_path, **storage_options)
+    fs, path = filesystem(storage_path, bounded_storage_options(storage_path, storage_options, retry.max_total_sec))
     return path, pyarrow.fs.PyFileSystem(_RetryingHandler(fs, retry))
 
 
@@ -236,7 +230,8 @@ class _RetriedUpload(io.BytesIO):
     def close(self) -> None:
         if not self.closed:
             data = self.getvalue()
-            retry_call(lambda: self.fs.pipe_file(self.path, data), self.retry, what=f"writing {self.path}")
+            upload = functools.partial(with_deadline, self.fs, self.retry.max_total_sec, self.fs.pipe_file, self.path, data)
+            retry_call(upload, self.retry, what=f"writing {self.path}")
         super().close()
 
 

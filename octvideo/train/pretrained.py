@@ -12,17 +12,19 @@ initialisation, and the workers need no access to the source's store or to MLflo
 
 from __future__ import annotations
 
+import io
 import logging
 import pickle
 import zipfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import fsspec
 import torch
 from torch import nn
 
-from octvideo.data.storage import storage_error_message, storage_errors
+from octvideo.data.storage import (
+    bounded_storage_options, filesystem, storage_error_message, storage_errors, with_deadline,
+)
 from octvideo.models import PretrainedLoad, load_pretrained
 from octvideo.train.checkpoint import load_weights, save_weights
 from octvideo.train.config import ConfigError, ExperimentConfig, PretrainedConfig
@@ -33,10 +35,10 @@ logger = logging.getLogger(__name__)
 START_FILE = "pretrained_start.pt"
 
 
-def read_source(source: PretrainedConfig, tracking_uri: str | None) -> Any:
+def read_source(source: PretrainedConfig, tracking_uri: str | None, timeout_s: float) -> Any:
     """What ``source`` holds: a registered model (:class:`octvideo.predict.LoadedModel`), or a
-    checkpoint file's content (``torch.load`` without code execution). ConfigError naming the
-    source when it cannot be read."""
+    checkpoint file's content (``torch.load`` without code execution), each request bounded by
+    ``timeout_s``. ConfigError naming the source when it cannot be read."""
     if source.registered:
         from octvideo.predict import load_registered_model
 
@@ -45,7 +47,8 @@ def read_source(source: PretrainedConfig, tracking_uri: str | None) -> Any:
         except ValueError as error:
             raise ConfigError(f"model.pretrained.source: {error}") from None
     try:
-        with fsspec.open(source.source, "rb", **source.storage_options) as file:
+        fs, path = filesystem(source.source, bounded_storage_options(source.source, source.storage_options, timeout_s))
+        with fs.open(path, "rb") as file:
             return torch.load(file, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise ConfigError(f"model.pretrained.source: checkpoint {source.source} does not exist") from None
@@ -77,7 +80,7 @@ def start_from_source(
     model knows its classes: with ``head: auto`` its classifier is re-initialised when they are
     not the data's, even at the same count."""
     source = config.model.pretrained
-    checkpoint, head = read_source(source, tracking_uri), source.head
+    checkpoint, head = read_source(source, tracking_uri, config.checkpoint.storage_timeout_s), source.head
     if source.registered:
         if head == "auto" and list(checkpoint.class_names) != list(class_names):
             head = "reset"
@@ -101,14 +104,17 @@ def start_file(config: ExperimentConfig) -> str:
 def write_start(state: Mapping[str, torch.Tensor], config: ExperimentConfig) -> str:
     """Write the starting weights to :func:`start_file` (driver)."""
     url = start_file(config)
-    fs, path = fsspec.core.url_to_fs(url, **config.checkpoint.storage_options)
+    fs, path = filesystem(url, config.checkpoint.client_options(url))
     fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-    with fs.open(path, "wb") as out:
-        save_weights(state, out)
+    weights = io.BytesIO()
+    save_weights(state, weights)
+    with_deadline(fs, config.checkpoint.storage_timeout_s, fs.pipe_file, path, weights.getvalue())
     return url
 
 
 def read_start(config: ExperimentConfig) -> dict[str, torch.Tensor]:
     """The starting weights the driver wrote (a worker of a fresh run)."""
-    with fsspec.open(start_file(config), "rb", **config.checkpoint.storage_options) as file:
+    url = start_file(config)
+    fs, path = filesystem(url, config.checkpoint.client_options(url))
+    with fs.open(path, "rb") as file:
         return load_weights(file)

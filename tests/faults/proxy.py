@@ -1,9 +1,11 @@
-"""A TCP proxy in front of a server (the local stack's S3), through which a test injects network
-faults into a real run: the server disappearing, and traffic freezing at a chosen request."""
+"""A TCP proxy in front of a server (the local stack's S3), through which a test or benchmark
+injects network faults into a real run: the server disappearing, traffic freezing at a chosen
+request or at once (a silent endpoint), and a fixed round-trip time (a store far away)."""
 
 from __future__ import annotations
 
 import collections
+import queue
 import re
 import socket
 import struct
@@ -11,6 +13,9 @@ import threading
 import time
 
 from tests.stack import free_ports
+
+
+_REQUEST_LINE = re.compile(rb"^((?:GET|HEAD|PUT|POST|DELETE) \S+) HTTP/", re.M)
 
 
 class FaultyProxy:
@@ -21,13 +26,20 @@ class FaultyProxy:
       :meth:`up`; ``resets`` counts the connections reset, so a test can tell that clients met
       the outage.
     * :meth:`freeze_on` stops all traffic, in both directions, once a client sends bytes that
-      match a pattern (an HTTP request line, say); :meth:`thaw` lets it flow again.
+      match a pattern (an HTTP request line, say); :meth:`freeze` stops it at once, with new
+      connections still accepted (an endpoint that answers nothing: a black-holed path, a stuck
+      load balancer); :meth:`thaw` lets it flow again.
+    * ``rtt_s`` delays every byte by half of it in each direction, order kept, throughput not
+      limited: what a store tens of milliseconds away adds to each request.
+    * ``requests`` lists the HTTP request lines clients sent (``b"GET /bucket/key"``), in order.
     """
 
-    def __init__(self, upstream_port: int) -> None:
+    def __init__(self, upstream_port: int, rtt_s: float = 0.0) -> None:
         self.upstream_port = upstream_port
+        self.rtt_s = rtt_s
         self.port = free_ports(1)[0]
         self.resets = 0
+        self.requests: list[bytes] = []
         self.frozen = threading.Event()  # set once a freeze_on pattern matched
         self._down = False
         self._flowing = threading.Event()
@@ -75,6 +87,11 @@ class FaultyProxy:
         self._occurrence = occurrence
         self._matches = collections.Counter()
 
+    def freeze(self) -> None:
+        """Stop all traffic now; connections are still accepted and kept open, silent."""
+        self._flowing.clear()
+        self.frozen.set()
+
     def thaw(self) -> None:
         self._trigger = None
         self._flowing.set()
@@ -101,12 +118,17 @@ class FaultyProxy:
                 continue
             with self._lock:
                 self._connections |= {client, server}
-            threading.Thread(target=self._pump, args=(client, server, True), daemon=True).start()
-            threading.Thread(target=self._pump, args=(server, client, False), daemon=True).start()
+            for source, target, from_client in ((client, server, True), (server, client, False)):
+                chunks: queue.SimpleQueue = queue.SimpleQueue()
+                threading.Thread(target=self._pump, args=(source, chunks, from_client), daemon=True).start()
+                threading.Thread(target=self._deliver, args=(chunks, source, target), daemon=True).start()
 
-    def _pump(self, source: socket.socket, target: socket.socket, from_client: bool) -> None:
+    def _pump(self, source: socket.socket, chunks: queue.SimpleQueue, from_client: bool) -> None:
+        """Read from ``source`` into ``chunks``, each with the time it is due on the other side."""
         try:
             while data := source.recv(65536):
+                if from_client:
+                    self.requests += _REQUEST_LINE.findall(data)
                 trigger = self._trigger
                 match = trigger.search(data) if from_client and trigger is not None else None
                 if match:
@@ -116,6 +138,19 @@ class FaultyProxy:
                         if self._matches[key] == self._occurrence:
                             self._flowing.clear()
                             self.frozen.set()
+                self._flowing.wait()
+                chunks.put((time.monotonic() + self.rtt_s / 2, data))
+        except OSError:
+            pass
+        finally:
+            chunks.put(None)
+
+    def _deliver(self, chunks: queue.SimpleQueue, source: socket.socket, target: socket.socket) -> None:
+        """Send ``chunks`` to ``target`` in order, each once due; close both ends after the last."""
+        try:
+            while (item := chunks.get()) is not None:
+                due, data = item
+                time.sleep(max(0.0, due - time.monotonic()))
                 self._flowing.wait()
                 target.sendall(data)
         except OSError:

@@ -58,3 +58,30 @@ def test_storage_down_for_good_fails_the_run_with_a_clear_message(faults: FaultS
     assert failed_after < 120
     _, run = tracked_run(faults.stack, "s3-gone")
     assert run.info.status == "FAILED"
+
+
+def test_a_silent_storage_endpoint_fails_the_run_within_its_bound(faults: FaultStack) -> None:
+    """S3 accepts connections and answers nothing (a black-holed path): without bounded requests
+    a read would wait on botocore's and s3fs's timeouts and retries for many minutes, and the
+    other ranks at the next collective."""
+    bound = 10
+    config = experiment("s3-silent", epochs=2, zero_stage=2, every_steps=2)
+    config["data"]["storage_timeout_s"] = bound
+    config["checkpoint"]["storage_timeout_s"] = bound
+    cut: list[float] = []
+
+    def silence_storage() -> None:
+        if wait_for(lambda: checkpoint_registered("s3-silent"), timeout=300):
+            faults.s3.freeze()
+            cut.append(time.monotonic())
+
+    try:
+        job = submit_during(faults, "s3-silent", config, silence_storage, succeed=False)
+        failed_after = time.monotonic() - cut[0]
+    finally:
+        faults.s3.thaw()
+    errors = sorted({line for line in (job.stdout + job.stderr).splitlines() if line.startswith("kinetics.py: error:")})
+    assert job.returncode != 0 and len(errors) == 1, errors
+    assert "StorageUnavailable: storage unavailable" in errors[0] and faults.s3.url.split("//")[1] in errors[0], errors[0]
+    print(f"silent storage: failed {failed_after:.0f} s after the cut: {errors[0][:300]}")
+    assert failed_after < 90
