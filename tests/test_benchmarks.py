@@ -40,3 +40,16 @@ def test_decode_benchmark_runs_and_writes_its_section(tmp_path):
                   "floor (PyAV decode only)")
     assert all(f"| {contender} |" in text for contender in contenders)
     assert "against pytorchvideo on the raw files" in text and "local-disk throughput" in text
+
+
+def test_storage_latency_benchmark_runs_and_writes_its_section(tmp_path):
+    out = tmp_path / "BENCHMARKS.md"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "decode.py"), "--storage-latency", "--quick",
+           "--data", str(tmp_path / "videos"), "--output", str(out)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    text = out.read_text()
+    assert text.count("## Training clips from object storage at a distance, CPU") == 1
+    for rtt in (0, 20, 50):
+        assert f"| S3 + {rtt} ms RTT, fetched ahead |" in text and f"| S3 + {rtt} ms RTT, streamed (before) |" in text
+    assert "Latency hidden at 20 ms RTT" in text and "Client overhead" in text

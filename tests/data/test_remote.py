@@ -11,7 +11,7 @@ import fsspec
 import pytest
 import torch
 
-from octvideo.data.dataset import KineticsDataset
+from octvideo.data.dataset import KineticsDataset, KineticsLoader
 from octvideo.data.fetch import VideoFetcher
 from octvideo.data.storage import RetryPolicy, StorageUnavailable, request_timeout_s
 from tests.conftest import S3Server
@@ -96,3 +96,14 @@ def test_a_silent_endpoint_ends_reads_and_manifest_reads_within_the_bound(remote
         proxy.thaw()
     print(f"silent endpoint, bound {bound} s: reads failed after {reads:.1f} s, the manifest after {manifest_read:.1f} s")
     assert reads < bound + slack and manifest_read < bound + slack
+
+
+def test_throttling_is_retried_through_and_no_video_is_counted_bad(remote) -> None:
+    url, options, proxy = remote
+    proxy.throttle_every(4)  # HTTP 503 SlowDown on every 4th GET
+    dataset = KineticsDataset(f"{url}/train.csv", "train", storage_options=options, **SMALL)
+    loader = KineticsLoader(dataset, 4, num_workers=2, multiprocessing_context="fork", drop_last=False)
+    loader.set_epoch(0)
+    clips = sum(len(batch["clip"]) for batch in loader)
+    assert proxy.throttled > 0
+    assert clips == len(dataset) and not loader.bad_videos

@@ -18,6 +18,12 @@ from tests.stack import free_ports
 _REQUEST_LINE = re.compile(rb"^((?:GET|HEAD|PUT|POST|DELETE) \S+) HTTP/", re.M)
 
 
+_SLOW_DOWN_BODY = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
+                   b"<Message>Please reduce your request rate.</Message></Error>")
+_SLOW_DOWN = (b"HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\nContent-Length: "
+              + str(len(_SLOW_DOWN_BODY)).encode() + b"\r\n\r\n" + _SLOW_DOWN_BODY)
+
+
 class FaultyProxy:
     """Forwards ``127.0.0.1:port`` to ``127.0.0.1:upstream_port``.
 
@@ -32,6 +38,8 @@ class FaultyProxy:
     * ``rtt_s`` delays every byte by half of it in each direction, order kept, throughput not
       limited: what a store tens of milliseconds away adds to each request.
     * ``requests`` lists the HTTP request lines clients sent (``b"GET /bucket/key"``), in order.
+    * :meth:`throttle_every` answers every n-th GET itself with S3's "503 SlowDown" (what S3 sends
+      a client that asks too fast); ``throttled`` counts them.
     """
 
     def __init__(self, upstream_port: int, rtt_s: float = 0.0) -> None:
@@ -40,6 +48,8 @@ class FaultyProxy:
         self.port = free_ports(1)[0]
         self.resets = 0
         self.requests: list[bytes] = []
+        self.throttled = 0
+        self._throttle_every = 0
         self.frozen = threading.Event()  # set once a freeze_on pattern matched
         self._down = False
         self._flowing = threading.Event()
@@ -87,6 +97,10 @@ class FaultyProxy:
         self._occurrence = occurrence
         self._matches = collections.Counter()
 
+    def throttle_every(self, n: int) -> None:
+        """Answer every ``n``-th GET with HTTP 503 SlowDown instead of forwarding it (0: never)."""
+        self._throttle_every = n
+
     def freeze(self) -> None:
         """Stop all traffic now; connections are still accepted and kept open, silent."""
         self._flowing.clear()
@@ -128,7 +142,11 @@ class FaultyProxy:
         try:
             while data := source.recv(65536):
                 if from_client:
-                    self.requests += _REQUEST_LINE.findall(data)
+                    lines = _REQUEST_LINE.findall(data)
+                    self.requests += lines
+                    if self._throttled(lines):
+                        source.sendall(_SLOW_DOWN)  # the GET has no body: nothing else to drop
+                        continue
                 trigger = self._trigger
                 match = trigger.search(data) if from_client and trigger is not None else None
                 if match:
@@ -144,6 +162,15 @@ class FaultyProxy:
             pass
         finally:
             chunks.put(None)
+
+    def _throttled(self, lines: list[bytes]) -> bool:
+        every = self._throttle_every
+        with self._lock:
+            gets = sum(line.startswith(b"GET ") for line in self.requests)
+            if every and len(lines) == 1 and lines[0].startswith(b"GET ") and gets % every == 0:
+                self.throttled += 1
+                return True
+        return False
 
     def _deliver(self, chunks: queue.SimpleQueue, source: socket.socket, target: socket.socket) -> None:
         """Send ``chunks`` to ``target`` in order, each once due; close both ends after the last."""
