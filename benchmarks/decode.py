@@ -29,6 +29,10 @@ streamed when decoded (``prefetch_videos=0``, how it was before), side by side i
     python benchmarks/decode.py                        # full run, writes BENCHMARKS.md
     python benchmarks/decode.py --quick --no-write     # smoke run, tiny videos
     python benchmarks/decode.py --storage-latency      # the storage-latency section only
+    python benchmarks/decode.py --clips-per-decode     # the several-clips-per-decode section only
+
+A third (``--clips-per-decode``) measures training clips per second on one core from local disk
+with T temporal clips x S crops per decoded video (``data.clip.train_clips`` x ``train_crops``).
 """
 
 from __future__ import annotations
@@ -393,6 +397,18 @@ def targets(results: list[Result], sizes: dict[int, float], workers: int) -> lis
 # --- storage latency: the training data path from a store far away ---------------------------
 
 
+def synthetic_kinetics(cache: Path, videos: Videos) -> Path:
+    """A synthetic Kinetics (train split, 2 classes, prepared keyframes), made once per cache."""
+    folder = cache / f"kinetics_{videos.width}x{videos.height}_{videos.count}"
+    if not folder.exists():
+        scratch = Path(tempfile.mkdtemp(dir=cache))
+        write_synthetic_kinetics(str(scratch), classes=2, videos_per_class=videos.count // 2,
+                                 duration=videos.duration, width=videos.width, height=videos.height,
+                                 gop=PREPARED_GOP, val_fraction=0, test_fraction=0, workers=os.cpu_count() or 1)
+        scratch.rename(folder)
+    return folder
+
+
 @dataclass(frozen=True)
 class Store:
     """Where a latency contender reads the dataset: its manifest URL, options and prefetch depth."""
@@ -438,13 +454,7 @@ def storage_latency(args: argparse.Namespace) -> str:
     videos = Videos(128, 72, 3.0, 8) if args.quick else Videos(426, 320, 10.0, 48)
     rounds, batches, batch_size = (1, 2, 4) if args.quick else (args.rounds, 12, 8)
     machine = f"{machine_name('cpu').rsplit(', ', 1)[0]}, {os.cpu_count()} cores"
-    folder = args.data / f"kinetics_{videos.width}x{videos.height}_{videos.count}"
-    if not folder.exists():
-        scratch = Path(tempfile.mkdtemp(dir=args.data))
-        write_synthetic_kinetics(str(scratch), classes=2, videos_per_class=videos.count // 2,
-                                 duration=videos.duration, width=videos.width, height=videos.height,
-                                 gop=PREPARED_GOP, val_fraction=0, test_fraction=0, workers=os.cpu_count() or 1)
-        scratch.rename(folder)
+    folder = synthetic_kinetics(args.data, videos)
     torch.set_num_threads(1)
     results: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory() as scratch, s3_server(Path(scratch) / "moto.log") as (options, _):
@@ -492,6 +502,43 @@ def storage_latency(args: argparse.Namespace) -> str:
     return "\n\n".join([setup, "\n".join(lines), *goals])
 
 
+# --- several training clips per decode -------------------------------------------------------
+
+VIEWS = ((1, 1), (1, 2), (2, 2))  # (temporal clips, crops) per decoded training video
+
+
+def clips_per_decode(args: argparse.Namespace) -> str:
+    """The several-clips-per-decode section's body: clips/s on one core at each T x S."""
+    videos = Videos(128, 72, 3.0, 8) if args.quick else Videos(426, 320, 10.0, 48)
+    size = dict(short_side_range=(64, 80), crop_size=56) if args.quick else {}
+    machine = machine_name("cpu").rsplit(", ", 1)[0]
+    manifest = str(synthetic_kinetics(args.data, videos) / "train.csv")
+    torch.set_num_threads(1)
+    rates: dict[tuple[int, int], list[float]] = {}
+    for _ in range(1 if args.quick else args.rounds):
+        for clips, crops in VIEWS:
+            dataset = KineticsDataset(manifest, "train", train_clips=clips, train_crops=crops, **size)
+            loader = KineticsLoader(dataset, 4 * clips * crops, drop_last=False)
+            loader.set_epoch(len(rates.get((clips, crops), [])))
+            started = time.perf_counter()
+            count = sum(len(batch["clip"]) for batch in loader)
+            rates.setdefault((clips, crops), []).append(count / (time.perf_counter() - started))
+            print(f"  {clips} x {crops}: {rates[(clips, crops)][-1]:6.1f} clips/s", flush=True)
+    rate = {views: statistics.median(values) for views, values in rates.items()}
+    lines = ["| clips x crops per decode | training clips/s, one core | vs 1 x 1 |", "|---|---|---|"]
+    lines += [f"| {t} x {s} | {r:.1f} | {r / rate[(1, 1)]:.2f} |" for (t, s), r in rate.items()]
+    gain = rate[(1, 2)] / rate[(1, 1)]
+    goal = f"1 x 2 gives {gain:.2f}x the clips/s of 1 x 1 (goal at least 1.7x: {'reached' if gain >= 1.7 else 'NOT reached'})."
+    setup = (
+        f"Machine: {machine}, one core (this process, one thread). KineticsDataset + KineticsLoader in train "
+        f"mode, no worker processes, from local disk: {videos.count} synthetic {videos.duration:g} s "
+        f"{videos.width}x{videos.height} H.264 videos (keyframe every {PREPARED_GOP}), {FRAMES}x{SAMPLING} clips, "
+        f"short side 256-320, crop 224; every video once per epoch, one epoch per cell, median of "
+        f"{1 if args.quick else args.rounds} interleaved rounds."
+    )
+    return "\n\n".join([setup, "\n".join(lines), goal])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -509,15 +556,22 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true")
     parser.add_argument("--storage-latency", action="store_true",
                         help="only the section on storage latency (KineticsLoader from S3 at 0-50 ms RTT)")
+    parser.add_argument("--clips-per-decode", action="store_true",
+                        help="only the section on several training clips per decoded video")
     args = parser.parse_args()
-    if args.storage_latency:
-        args.data.mkdir(parents=True, exist_ok=True)
-        body = storage_latency(args)
-        print(body)
-        if not args.no_write:
-            write_section(args.output, "Training clips from object storage at a distance, CPU", body
-                          + f"\n\nReproduce: `python benchmarks/decode.py --storage-latency --workers {args.workers}`")
-        return
+    sections = {
+        "storage_latency": ("Training clips from object storage at a distance, CPU", storage_latency,
+                            f"--storage-latency --workers {args.workers}"),
+        "clips_per_decode": ("Several training clips per decode, CPU", clips_per_decode, "--clips-per-decode"),
+    }
+    for flag, (title, measure_section, reproduce) in sections.items():
+        if getattr(args, flag):
+            args.data.mkdir(parents=True, exist_ok=True)
+            body = measure_section(args)
+            print(body)
+            if not args.no_write:
+                write_section(args.output, title, body + f"\n\nReproduce: `python benchmarks/decode.py {reproduce}`")
+            return
     videos = Videos(568, 320, 10.0, args.videos)
     setup = Setup(short_side=256, crop=224)
     if args.quick:

@@ -53,3 +53,14 @@ def test_storage_latency_benchmark_runs_and_writes_its_section(tmp_path):
     for rtt in (0, 20, 50):
         assert f"| S3 + {rtt} ms RTT, fetched ahead |" in text and f"| S3 + {rtt} ms RTT, streamed (before) |" in text
     assert "Latency hidden at 20 ms RTT" in text and "Client overhead" in text
+
+
+def test_clips_per_decode_benchmark_runs_and_writes_its_section(tmp_path):
+    out = tmp_path / "BENCHMARKS.md"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "decode.py"), "--clips-per-decode", "--quick",
+           "--data", str(tmp_path / "videos"), "--output", str(out)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    text = out.read_text()
+    assert text.count("## Several training clips per decode, CPU") == 1
+    assert all(f"| {views} |" in text for views in ("1 x 1", "1 x 2", "2 x 2")) and "1 x 2 gives" in text

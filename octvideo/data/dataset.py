@@ -30,7 +30,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -50,7 +50,7 @@ from octvideo.data.transforms import EvalTransform, TrainTransform
 logger = logging.getLogger(__name__)
 
 # Purposes of an item's generators (last element of their seed).
-_SUBSTITUTE, _START, _SPATIAL = range(3)
+_SUBSTITUTE, _START, _SPATIAL, _SCALE = range(4)
 
 
 class TooManyBadVideos(RuntimeError):
@@ -76,16 +76,19 @@ class KineticsDataset(Dataset):
     * ``clip``: uint8 ``(C, T, H, W)``;
     * ``label``, ``video_index``: the class and manifest index of the video the clip came from
       (a substitute's, when the wanted video was bad: evaluation should group views by it);
-    * ``clip_index``, ``spatial_index``: the view (0 and -1, a random crop, in train mode);
+    * ``clip_index``, ``spatial_index``: the view (the temporal clip and -1, a random crop, in train mode);
     * ``bad``: list of :class:`BadVideo` this item came across (see :func:`collate`).
 
     ``mode`` train: one item per video, random clip start, short side drawn in
     ``short_side_range``, random ``crop_size`` crop and horizontal flip (``flip_prob``: 0 for
-    classes that a mirror turns into each other, such as left / right motions). val: one item per video, centre clip
-    at ``eval_short_side``, centre crop. test: ``num_clips * num_crops`` items per video, item
-    ``video * views + view``; a worker decodes all clips of a video in one pass on its first view
-    and keeps them for the next views, so keep views of a video in one batch (a batch size that
-    is a multiple of the views) to decode each video once.
+    classes that a mirror turns into each other, such as left / right motions); with
+    ``train_clips x train_crops`` > 1 (PySlowFast's ``TRAIN_CROP_NUM_TEMPORAL`` x ``AUG.NUM_SAMPLE``),
+    that many items per video from one decode: each temporal clip its own start, each item its own
+    crop and flip, one short side per video. val: one item per video, centre clip at
+    ``eval_short_side``, centre crop. test: ``num_clips * num_crops`` items per video. Items of a
+    video are ``video * views + view``; a worker decodes all clips of a video in one pass on its
+    first view and keeps them for the next views, so keep views of a video in one batch (a batch
+    size that is a multiple of the views) to decode each video once.
 
     The decoder scales frames to the short side inside FFmpeg; the transforms only crop and flip.
     ``manifest`` is a :class:`Manifest` or a URL read with :func:`load_manifest` (``root``,
@@ -111,6 +114,8 @@ class KineticsDataset(Dataset):
         flip_prob: float = 0.5,
         num_clips: int = 10,
         num_crops: int = 3,
+        train_clips: int = 1,
+        train_crops: int = 1,
         seed: int = 0,
         storage_options: Mapping[str, Any] | None = None,
         decode_threads: int = 1,
@@ -146,14 +151,17 @@ class KineticsDataset(Dataset):
         else:
             self.transform = EvalTransform(eval_short_side, crop_size)
         multiview_plans(0.0, self.clip_spec, num_clips, num_crops)  # checks num_clips, num_crops
-        self.views_per_video = num_clips * num_crops if self.mode is Mode.TEST else 1
+        if min(train_clips, train_crops) < 1:
+            raise ValueError(f"need train_clips >= 1 and train_crops >= 1, got {train_clips}, {train_crops}")
+        self.views_per_video = {Mode.TRAIN: train_clips * train_crops, Mode.VAL: 1, Mode.TEST: num_clips * num_crops}[self.mode]
         self.num_clips, self.num_crops = num_clips, num_crops
+        self.train_clips, self.train_crops = train_clips, train_crops
         self.seed, self.epoch = seed, 0
         self.decode_threads, self.timeout_sec, self.retry = decode_threads, timeout_sec, retry
         self.max_retries = max_retries
         self.max_bad_fraction, self.min_videos_tried = max_bad_fraction, min_videos_tried
         self._known_bad: dict[int, BadVideo] = {}
-        self._cache: tuple[int, list[ClipPlan], list[torch.Tensor]] | None = None
+        self._cache: tuple[tuple[int, ...], list[ClipPlan], list[torch.Tensor]] | None = None
         self.fetcher = (
             VideoFetcher(self.storage_options, retry.max_total_sec, max_videos=prefetch_videos) if prefetch_videos else None
         )
@@ -211,7 +219,7 @@ class KineticsDataset(Dataset):
         fetched together, ``prefetch_videos`` at a time, while the first ones decode."""
         if self.fetcher is None:
             return [self[key] for key in keys]
-        cached = self._cache[0] if self._cache is not None else None
+        cached = self._cache[0][0] if self._cache is not None else None
         videos = dict.fromkeys(_index(key) // self.views_per_video for key in keys)
         self.fetcher.prefetch(self.manifest[video].url for video in videos if video != cached)
         try:
@@ -236,6 +244,8 @@ class KineticsDataset(Dataset):
         self, video: int, view: int, item_key: tuple[int, ...]
     ) -> tuple[torch.Tensor, ClipPlan]:
         spec, url = self.clip_spec, self.manifest[video].url
+        if self.mode is Mode.TRAIN and self.views_per_video > 1:
+            return self._train_view(video, view, item_key)
         if self.mode is Mode.TRAIN:
             spatial = _rng(*item_key, _SPATIAL)
             short_side = self.transform.draw_short_side(spatial)
@@ -250,7 +260,7 @@ class KineticsDataset(Dataset):
                 url, lambda duration: [val_plan(duration, spec)], self.transform.short_side
             )
             return self.transform(clips[0], plans[0].spatial_index), plans[0]
-        if self._cache is None or self._cache[0] != video:
+        if self._cache is None or self._cache[0] != (video,):
             self._cache = None  # free the previous video's clips before decoding the next
             plans, clips = self._decode(
                 url,
@@ -258,10 +268,34 @@ class KineticsDataset(Dataset):
                 self.transform.short_side,
                 views_per_clip=self.num_crops,
             )
-            self._cache = (video, plans, clips)
+            self._cache = ((video,), plans, clips)
         _, plans, clips = self._cache
         plan = plans[view]
         return self.transform(clips[plan.clip_index], plan.spatial_index), plan
+
+    def _train_view(
+        self, video: int, view: int, item_key: tuple[int, ...]
+    ) -> tuple[torch.Tensor, ClipPlan]:
+        """View ``view`` of ``train_clips x train_crops`` of a training video, all decoded in one
+        pass on its first view. The video's scale is drawn once (one decode, one short side);
+        each temporal clip draws its start, and each view its crop and flip, from its own keys."""
+        seed, epoch, index, attempt = item_key
+        first = index - view  # the keys of the video's first view give what its views share
+        short_side = self.transform.draw_short_side(_rng(seed, epoch, first, attempt, _SCALE))
+        if self._cache is None or self._cache[0] != (video, epoch, attempt, first):
+            self._cache = None
+            plans, clips = self._decode(
+                self.manifest[video].url,
+                lambda duration: [
+                    replace(train_plan(duration, self.clip_spec, _rng(seed, epoch, first + t * self.train_crops, attempt, _START)), clip_index=t)
+                    for t in range(self.train_clips)
+                ],
+                short_side,
+            )
+            self._cache = ((video, epoch, attempt, first), plans, clips)
+        _, plans, clips = self._cache
+        clip_index = view // self.train_crops
+        return self.transform(clips[clip_index], _rng(*item_key, _SPATIAL), short_side), plans[clip_index]
 
     def _decode(
         self,

@@ -101,6 +101,8 @@ class ClipConfig(_Section):
     flip_prob: float = Field(0.5, ge=0.0, le=1.0, description="training horizontal flips; 0 when a mirror turns one class into another (left / right motion)")
     eval_short_side: int = Field(256, ge=16)
     eval_crop: int = Field(256, ge=16, description="validation / test crop (PySlowFast tests 3 x 256 crops)")
+    train_clips: int = Field(1, ge=1, description="temporal clips per training video, from one decode (PySlowFast's TRAIN_CROP_NUM_TEMPORAL)")
+    train_crops: int = Field(1, ge=1, description="crops (with flips) per training clip (PySlowFast's AUG.NUM_SAMPLE); batches count clips")
     test_clips: int = Field(10, ge=1)
     test_crops: Literal[1, 3] = 3
 
@@ -253,6 +255,17 @@ class ExperimentConfig(_Section):
     def _precision_on_cpu(self) -> "ExperimentConfig":
         if not self.scaling.use_gpu and self.deepspeed.precision == "fp16":
             raise ValueError("deepspeed.precision fp16 needs GPUs; on CPU use bf16 or fp32")
+        return self
+
+    @model_validator(mode="after")
+    def _whole_videos_per_batch(self) -> "ExperimentConfig":
+        clip = self.data.clip
+        views = clip.train_clips * clip.train_crops
+        if self.optim.batch_size_per_worker % views:
+            raise ValueError(
+                f"optim.batch_size_per_worker ({self.optim.batch_size_per_worker}) must be a multiple of "
+                f"data.clip.train_clips x train_crops ({views}): a video's clips come from one decode, in one batch"
+            )
         return self
 
 

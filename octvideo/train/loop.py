@@ -71,6 +71,8 @@ def kinetics_dataset(config: ExperimentConfig, mode: str) -> KineticsDataset:
         flip_prob=clip.flip_prob,
         num_clips=clip.test_clips,
         num_crops=clip.test_crops,
+        train_clips=clip.train_clips,
+        train_crops=clip.train_crops,
         seed=config.seed,
         storage_options=data.storage_options,
         decode_threads=data.decode_threads,

@@ -355,3 +355,39 @@ def test_bad_options_are_value_errors(manifest):
     ]:
         with pytest.raises(ValueError):
             KineticsDataset(manifest, **kwargs)
+
+
+# --- several training clips per decode -----------------------------------------------------
+
+
+def test_several_clips_per_decode_are_deterministic_views_of_each_video_once(manifest):
+    dataset = KineticsDataset(manifest, "train", train_clips=2, train_crops=2, **SMALL)
+    assert dataset.views_per_video == 4 and len(dataset) == 48
+    loader = KineticsLoader(dataset, 8, num_workers=2, multiprocessing_context="fork")
+    reference = KineticsLoader(KineticsDataset(manifest, "train", train_clips=2, train_crops=2, **SMALL), 8)
+    assert len(loader) == 6  # batches count clips: 12 videos x 4 clips / 8
+    seen = []
+    for batch, expected in zip(batches(loader, epoch=1), batches(reference, epoch=1), strict=True):
+        assert torch.equal(batch["clip"], expected["clip"])  # the same in any number of workers
+        videos = batch["video_index"].view(-1, 4)
+        assert (videos == videos[:, :1]).all()  # a video's clips are together, from one decode
+        assert batch["clip_index"].view(-1, 4).tolist() == [[0, 0, 1, 1]] * 2
+        clips = batch["clip"].view(2, 4, *batch["clip"].shape[1:])
+        assert all(not torch.equal(group[i], group[j]) for group in clips for i in range(4) for j in range(i))
+        seen += videos[:, 0].tolist()
+    assert sorted(seen) == list(range(12))  # each video once per epoch
+    assert [b["clip"] for b in batches(loader, epoch=2)][0].shape == batch["clip"].shape
+
+
+def test_several_clips_per_decode_open_each_video_once(manifest, monkeypatch):
+    opened = []
+    real = dataset_module.VideoReader
+
+    def counting(source, *args, **kwargs):
+        opened.append(source)
+        return real(source, *args, **kwargs)
+
+    monkeypatch.setattr(dataset_module, "VideoReader", counting)
+    dataset = KineticsDataset(manifest, "train", train_clips=1, train_crops=2, **SMALL)
+    batches(KineticsLoader(dataset, 4))
+    assert len(opened) == 12
