@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: test install benchmark demo gpu-check clean
+.PHONY: test test-fast install benchmark demo gpu-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -13,6 +13,10 @@ install: $(BIN)/python
 
 test: install
 	$(BIN)/python -m pytest
+
+# The edit-test loop: everything but the tests marked slow (services, jobs, training), in a few minutes.
+test-fast: install
+	$(BIN)/python -m pytest -m "not slow" -q
 
 benchmark: install
 	$(BIN)/python benchmarks/octconv.py

@@ -1,4 +1,5 @@
-"""Shared fixtures: a real S3 API server (moto in server mode) on 127.0.0.1."""
+"""Shared fixtures: a real S3 API server (moto in server mode) on 127.0.0.1; and the ``slow``
+marker of the tests that ``make test-fast`` leaves out."""
 
 from __future__ import annotations
 
@@ -13,6 +14,25 @@ from pathlib import Path
 from urllib.request import urlopen
 
 import pytest
+
+
+# Tests that start services (the S3 server, MLflow servers, Ray, the local stack) or train or
+# compile for a minute: marked ``slow``, so that ``make test-fast`` (``-m "not slow"``) runs the
+# rest in a few minutes. ``make test`` and CI run everything.
+SERVICE_FIXTURES = {"s3_server"}
+SLOW_PATHS = (
+    "tests/faults/", "tests/test_local_stack.py", "tests/test_benchmarks.py", "tests/models/test_compile.py",
+    "tests/train/test_learning.py", "tests/train/test_transfer.py", "tests/train/test_finetune.py",
+    "tests/train/test_harness.py", "tests/train/test_multinode.py", "tests/train/test_ray_job.py",
+    "tests/train/test_loop.py", "tests/train/test_tracking.py",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        path = item.path.relative_to(config.rootpath).as_posix()
+        if SERVICE_FIXTURES & set(item.fixturenames) or path.startswith(SLOW_PATHS):
+            item.add_marker(pytest.mark.slow)
 
 
 def free_port() -> int:

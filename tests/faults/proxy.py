@@ -178,8 +178,7 @@ class FaultyProxy:
             while (item := chunks.get()) is not None:
                 due, data = item
                 time.sleep(max(0.0, due - time.monotonic()))
-                self._flowing.wait()
-                target.sendall(data)
+                target.sendall(data)  # read while traffic flowed: delivered as it would have been at once
         except OSError:
             pass
         finally:
