@@ -66,6 +66,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ray.init()  # joins the cluster of RAY_ADDRESS (as under `ray job submit`), else starts a local one
     try:
         outcome = run_job(job)
+    except ConfigError as error:  # what the cluster cannot give (data.decoder_resources)
+        return _fail(parser.prog, error)
     except ray.train.TrainingFailedError as error:  # the workers' tracebacks are in the log above
         print(f"{parser.prog}: error: {_one_line(training_failure(error))}", file=sys.stderr)
         return 1

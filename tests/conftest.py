@@ -24,7 +24,7 @@ SLOW_PATHS = (
     "tests/faults/", "tests/test_local_stack.py", "tests/test_benchmarks.py", "tests/models/test_compile.py",
     "tests/train/test_learning.py", "tests/train/test_transfer.py", "tests/train/test_finetune.py",
     "tests/train/test_harness.py", "tests/train/test_multinode.py", "tests/train/test_ray_job.py",
-    "tests/train/test_loop.py", "tests/train/test_tracking.py",
+    "tests/train/test_loop.py", "tests/train/test_tracking.py", "tests/data/test_ray_ingest.py",
 )
 
 

@@ -3,6 +3,7 @@ folder of its own on free ports, so a developer's stack is never touched."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -65,9 +66,10 @@ class LocalStack:
         started = self.script("up.sh")
         assert started.returncode == 0, started.stdout + started.stderr
 
-    def add_node(self, cpus: int) -> tuple[str, str]:
-        """Join another Ray node with ``cpus`` CPUs (``add-node.sh``); its name and Ray node id."""
-        added = self.script("add-node.sh", str(cpus))
+    def add_node(self, cpus: int, resources: dict[str, float] | None = None) -> tuple[str, str]:
+        """Join another Ray node with ``cpus`` CPUs and custom ``resources`` (``add-node.sh``); its
+        name and Ray node id."""
+        added = self.script("add-node.sh", str(cpus), json.dumps(resources or {}))
         assert added.returncode == 0, added.stdout + added.stderr
         name, node_id = added.stdout.split()
         return name, node_id

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Join one more Ray node to the local stack's head, as a worker node of a multi-node cluster would:
-#   cluster/local/add-node.sh [CPUS]        (default 1; prints the name, node-<n>, and Ray node id)
+#   cluster/local/add-node.sh [CPUS [RESOURCES]]   (default 1 CPU; prints the name, node-<n>, and Ray node id)
+# RESOURCES: custom Ray resources as JSON. A decode node for `data.ingest: ray_data` offers decode
+# slots and no CPU, so that no training worker lands on it: add-node.sh 0 '{"decode": 2}' with
+# data.decoder_resources {"decode": 1}.
 # The node runs in a session of its own with its own Ray folder ($STACK/<name>/) and log
 # ($STACK/<name>.log); down.sh stops it with the stack. Killing its session (kill -KILL -- -<pid>
 # of $STACK/<name>.pid) takes the node away at once, as a preempted machine would.
@@ -8,6 +11,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 BIN=${OCTVIDEO_BIN:-$ROOT/.venv/bin}
 CPUS=${1:-1}
+RESOURCES=${2:-"{}"}
 [[ -s $STACK/env ]] && pid_of ray >/dev/null || { echo "no stack up in $STACK: run cluster/local/up.sh first" >&2; exit 1; }
 source "$STACK/env"
 
@@ -22,7 +26,7 @@ while [[ -e $STACK/node-$n.pid ]]; do n=$((n + 1)); done
 NAME=node-$n
 # The head took the default agent port; this node's agent gets a free one.
 AGENT_PORT=$("$BIN/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-PATH=$BIN:$PATH setsid "$BIN/ray" start --address="$RAY_ADDRESS" --block --num-cpus="$CPUS" \
+PATH=$BIN:$PATH setsid "$BIN/ray" start --address="$RAY_ADDRESS" --block --num-cpus="$CPUS" --resources="$RESOURCES" \
   --temp-dir="$STACK/$NAME" --dashboard-agent-listen-port="$AGENT_PORT" --disable-usage-stats \
   >"$STACK/$NAME.log" 2>&1 </dev/null &
 echo $! >"$STACK/$NAME.pid"

@@ -47,6 +47,7 @@ _MODULE_OF = {
     "multiview_starts": "sampling",
     "train_plan": "sampling",
     "val_plan": "sampling",
+    "RayDataLoader": "ray_ingest",
     "RetryPolicy": "storage",
     "open_url": "storage",
     "retry_call": "storage",

@@ -133,10 +133,27 @@ class DataConfig(_Section):
     prefetch_videos: int = Field(
         8, ge=0, description="remote videos each DataLoader worker downloads ahead, whole, while it decodes (0: off)"
     )
+    ingest: Literal["dataloader", "ray_data"] = Field(
+        "dataloader",
+        description="how training clips are decoded: DataLoader workers beside each training worker, or a Ray Data "
+        "actor pool per training worker on any node with decoder_resources (CPU-only nodes included)",
+    )
+    decoders: int = Field(2, ge=1, description="ray_data: decode actors per training worker")
+    decoder_resources: Dict[str, float] = Field(
+        default_factory=lambda: {"CPU": 1.0},
+        description='ray_data: what each decode actor asks of Ray, e.g. {"CPU": 1} or {"decode": 1} for nodes that offer it',
+    )
     max_bad_fraction: float = Field(0.05, ge=0.0, le=1.0)
     storage_timeout_s: float = Field(
         60.0, gt=0, description="how long a video or manifest read retries through a storage outage before the run fails"
     )
+
+    @field_validator("decoder_resources")
+    @classmethod
+    def _non_negative_resources(cls, resources: Dict[str, float]) -> Dict[str, float]:
+        if not resources or any(not amount >= 0 for amount in resources.values()) or not any(resources.values()):
+            raise ValueError(f'need amounts >= 0, not all 0, e.g. {{"CPU": 1}} or {{"decode": 1}}; got {resources}')
+        return resources
 
     def client_options(self, url: str) -> Dict[str, Any]:
         """``storage_options`` for reading ``url``, each request bounded by ``storage_timeout_s``."""

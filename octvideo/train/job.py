@@ -167,6 +167,7 @@ def run_job(job: PreparedJob) -> JobResult:
     run FAILED."""
     config, tracker = job.config, job.tracker
     try:
+        check_decoder_resources(config)
         result = build_trainer(job).fit()
         weights = f"{result.path}/{WEIGHTS_FILE}"
         with result.filesystem.open_input_file(weights) as file:
@@ -180,6 +181,22 @@ def run_job(job: PreparedJob) -> JobResult:
     tracker.close()
     logger.info("run %s done: %s; weights at %s", config.checkpoint.name, result.metrics, weights)
     return JobResult(result, weights, registration, tracker.run_id)
+
+
+def check_decoder_resources(config: ExperimentConfig) -> None:
+    """With ``data.ingest: ray_data``, raise ConfigError unless some node of the cluster (Ray
+    initialised) offers each resource a decode actor asks for: the pipeline would wait for ever."""
+    if config.data.ingest != "ray_data":
+        return
+    nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
+    for name, amount in config.data.decoder_resources.items():
+        if amount and max((node.get(name, 0.0) for node in nodes), default=0.0) < amount:
+            offered = sorted({key for node in nodes for key in node if not key.startswith("node:")})
+            raise ConfigError(
+                f"data.decoder_resources: each decode actor asks for {name}={amount:g}, which no node of the cluster "
+                f"offers (they offer {', '.join(offered)}); join a decode node with "
+                f"`ray start --resources '{{\"{name}\": N}}'` or change data.decoder_resources"
+            )
 
 
 def training_failure(error: BaseException) -> str:

@@ -49,6 +49,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     dict) and optional ``tracker`` (called on rank 0)."""
     config = parse_config(loop_config["config"])
     logging.getLogger("fsspec").setLevel(logging.WARNING)  # not a line per cache block in the job's log
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # not a line per epoch's pipeline (data.ingest: ray_data)
     run = RayRun(RetryPolicy.for_outages_up_to(config.checkpoint.storage_timeout_s))
     tracker = loop_config.get("tracker") or NullTracker()
     Trainer(config, run, functools.partial(kinetics_dataset, config), tracker).fit()

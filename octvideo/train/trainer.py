@@ -38,7 +38,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -52,6 +52,9 @@ from octvideo.train.evaluate import Evaluation, evaluate
 from octvideo.train.finetune import describe_finetuning, frozen_batch_norms, keep_statistics
 from octvideo.train.plots import plot_confusion_matrix, plot_per_class_accuracy
 from octvideo.train.tracking import NullTracker, Tracker
+
+if TYPE_CHECKING:
+    from octvideo.data.ray_ingest import RayDataLoader
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +112,7 @@ class StepWindow:
         }
 
 
-def run_bad_video_counts(loader: KineticsLoader, collectives: Collectives) -> tuple[int, int]:
+def run_bad_video_counts(loader: KineticsLoader | RayDataLoader, collectives: Collectives) -> tuple[int, int]:
     """Distinct videos that all ranks' ``loader`` tried, and found bad (collective, fixed size:
     two flags per video of the split, merged with one element-wise maximum)."""
     flags = torch.stack([loader.tracker.tried, loader.tracker.bad]).to(collectives.device, torch.uint8)
@@ -126,7 +129,7 @@ class Trainer:
         collectives = Collectives("cpu")  # rank and world size only; the device comes with the engine
         self.rank, self.world_size = collectives.rank, collectives.world_size
         self.tracker: Tracker = tracker if tracker is not None and self.rank == 0 else NullTracker()
-        self.train_loader = self._loader(datasets("train"), config.optim.batch_size_per_worker)
+        self.train_loader = self._train_loader(datasets("train"))
         accumulation = config.optim.grad_accumulation
         self.steps_per_epoch = len(self.train_loader) // accumulation
         if self.steps_per_epoch < 1:
@@ -162,6 +165,18 @@ class Trainer:
             dataset, batch_size, num_workers=data.workers, rank=self.rank, world_size=self.world_size,
             pin_memory=torch.cuda.is_available(), persistent_workers=True,
             prefetch_factor=data.prefetch_factor if data.workers else None,
+        )
+
+    def _train_loader(self, dataset: KineticsDataset) -> KineticsLoader | RayDataLoader:
+        """The training split through DataLoader workers, or decoded by Ray Data actors (``data.ingest``)."""
+        data, batch_size = self.config.data, self.config.optim.batch_size_per_worker
+        if data.ingest == "dataloader":
+            return self._loader(dataset, batch_size)
+        from octvideo.data.ray_ingest import RayDataLoader  # needs a Ray cluster
+
+        return RayDataLoader(
+            dataset, batch_size, rank=self.rank, world_size=self.world_size, decoders=data.decoders,
+            decoder_resources=data.decoder_resources, prefetch_batches=data.prefetch_factor,
         )
 
     def _eval_loader(self, mode: str) -> KineticsLoader:

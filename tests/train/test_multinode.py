@@ -1,10 +1,18 @@
-"""Multi-node training on one machine: the local stack's Ray head (2 CPUs) and a second Ray node
-(1 CPU) that joins it with ``ray start --address`` (``cluster/local/add-node.sh``), as separate
-processes with their own raylets. Two workers placed with ``SPREAD``; the second node is killed
-(SIGKILL of all its processes) after the first checkpoint, and the job goes on on the head."""
+"""Multi-node training on one machine: the local stack's Ray head (2 CPUs) and more Ray nodes that
+join it with ``ray start --address`` (``cluster/local/add-node.sh``), as separate processes with
+their own raylets.
+
+* Two workers placed with ``SPREAD`` on the head and a 1-CPU node; that node is killed (SIGKILL of
+  all its processes) after the first checkpoint, and the job goes on on the head.
+* ``data.ingest: ray_data``: both workers train on the head while their clips are decoded on a
+  CPU-only decode node (no CPU for training, two ``decode`` slots). That node is killed after the
+  first checkpoint and a new one joins, as an autoscaler replaces a preempted machine: the decode
+  actors restart there and the run goes on without a training worker restarting.
+"""
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 
@@ -63,3 +71,36 @@ def test_workers_on_two_nodes_checkpoint_to_s3_and_survive_losing_a_node(stack: 
     assert {"zero_pp_rank_0_mp_rank_00_optim_states.pt", "zero_pp_rank_1_mp_rank_00_optim_states.pt"} <= shards
     assert fs.exists("octvideo-demo/runs/multinode/model_fp32.pt")
     assert not list((stack.folder / node).rglob("*optim_states.pt"))  # nothing kept on the lost node
+
+
+def test_ray_data_decodes_on_a_cpu_only_node_and_survives_losing_it(stack: LocalStack) -> None:
+    decode_node, decode_id = stack.add_node(cpus=0, resources={"decode": 2})
+    config = experiment("raydata", epochs=3, zero_stage=0, every_steps=1, max_failures=0)
+    config["data"].update(ingest="ray_data", decoders=1, decoder_resources={"decode": 1})
+    replacement: list[str] = []
+
+    def replace_decode_node_after_first_checkpoint() -> None:
+        if wait_for(lambda: checkpoint_registered("raydata"), timeout=400):
+            stack.kill_node(decode_node)
+            replacement.append(stack.add_node(cpus=0, resources={"decode": 2})[1])
+
+    replacer = threading.Thread(target=replace_decode_node_after_first_checkpoint, daemon=True)
+    replacer.start()
+    job = submit(stack, write_config("raydata", config))
+    replacer.join(timeout=120)
+    assert replacement, "the decode node was not replaced"
+
+    # Training stayed on the head (the decode nodes offer no CPU), and no worker restarted.
+    starts = worker_starts(job.stdout)
+    assert len(starts) == 2 and {node for _, node, _ in starts}.isdisjoint({decode_id, replacement[0]}), starts
+    # Each rank's epochs were decoded on the decode nodes: the first one, then its replacement.
+    decoded = [set(re.findall(r"node ([0-9a-f]+) \(\d+\)", line)) for line in job.stdout.splitlines()
+               if "batches decoded by Ray Data on" in line]
+    assert len(decoded) == 2 * 3, job.stdout[-4000:]  # a line per rank and epoch
+    assert set().union(*decoded) <= {decode_id, replacement[0]}, decoded
+    assert decode_id in decoded[0] and replacement[0] in decoded[-1], decoded
+
+    client, run = tracked_run(stack, "raydata")
+    assert run.info.status == "FINISHED"
+    assert step_history(client, run.info.run_id) == list(range(1, 3 * STEPS_PER_EPOCH + 1))
+    assert run.data.metrics["bad_videos"] == 0 and run.data.metrics["videos_tried"] == 6
