@@ -28,13 +28,17 @@ def test_octconv_benchmark_runs_and_writes_its_section(tmp_path):
     assert out.read_text().count("## Oct-I3D-R50, CPU fp32: ") == 1
 
 
+def run_benchmark(script: str, *args: str, output: Path) -> str:
+    """Run ``benchmarks/<script>`` writing to ``output``; the file's text."""
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args, "--output", str(output)],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return output.read_text()
+
+
 def test_decode_benchmark_runs_and_writes_its_section(tmp_path):
-    out = tmp_path / "BENCHMARKS.md"
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "decode.py"), "--quick", "--gops", "250", "30",
-           "--data", str(tmp_path / "videos"), "--output", str(out)]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
-    text = out.read_text()
+    text = run_benchmark("decode.py", "--quick", "--gops", "250", "30", "--data", str(tmp_path / "videos"),
+                         output=tmp_path / "BENCHMARKS.md")
     assert text.count("## Training-clip decoding, CPU") == 1
     contenders = ("octvideo", "octvideo, window strategy", "octvideo, S3 (moto)", "pytorchvideo",
                   "floor (PyAV decode only)")
@@ -43,12 +47,8 @@ def test_decode_benchmark_runs_and_writes_its_section(tmp_path):
 
 
 def test_storage_latency_benchmark_runs_and_writes_its_section(tmp_path):
-    out = tmp_path / "BENCHMARKS.md"
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "decode.py"), "--storage-latency", "--quick",
-           "--data", str(tmp_path / "videos"), "--output", str(out)]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
-    text = out.read_text()
+    text = run_benchmark("decode.py", "--storage-latency", "--quick", "--data", str(tmp_path / "videos"),
+                         output=tmp_path / "BENCHMARKS.md")
     assert text.count("## Training clips from object storage at a distance, CPU") == 1
     for rtt in (0, 20, 50):
         assert f"| S3 + {rtt} ms RTT, fetched ahead |" in text and f"| S3 + {rtt} ms RTT, streamed (before) |" in text
@@ -56,11 +56,13 @@ def test_storage_latency_benchmark_runs_and_writes_its_section(tmp_path):
 
 
 def test_clips_per_decode_benchmark_runs_and_writes_its_section(tmp_path):
-    out = tmp_path / "BENCHMARKS.md"
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "decode.py"), "--clips-per-decode", "--quick",
-           "--data", str(tmp_path / "videos"), "--output", str(out)]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
-    text = out.read_text()
+    text = run_benchmark("decode.py", "--clips-per-decode", "--quick", "--data", str(tmp_path / "videos"),
+                         output=tmp_path / "BENCHMARKS.md")
     assert text.count("## Several training clips per decode, CPU") == 1
     assert all(f"| {views} |" in text for views in ("1 x 1", "1 x 2", "2 x 2")) and "1 x 2 gives" in text
+
+
+def test_ingest_benchmark_trains_both_ways_and_writes_its_section(tmp_path):
+    text = run_benchmark("ingest.py", "--quick", output=tmp_path / "BENCHMARKS.md")
+    assert text.count("## Training-clip ingest: DataLoader workers against Ray Data decode actors, CPU") == 1
+    assert "| width 4, 56 px | dataloader |" in text and "| width 4, 56 px | ray_data |" in text

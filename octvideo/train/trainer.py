@@ -190,6 +190,12 @@ class Trainer:
             "worker %d of %d on node %s (%s) starts at step %d",
             self.rank, self.world_size, self.run.node, self.device, self.engine.global_steps,
         )
+        fetcher = self.train_loader.dataset.fetcher
+        if self.rank == 0 and fetcher is not None:
+            logger.info(
+                "each process that decodes training clips fetches up to %d remote videos ahead (at most %d MiB)",
+                fetcher.max_videos, fetcher.bound_bytes >> 20,
+            )
         if self.state.epoch >= self.config.optim.epochs:
             logger.info("the run's checkpoint is at its last epoch (%d): nothing to train", self.state.epoch)
         while self.state.epoch < self.config.optim.epochs:
