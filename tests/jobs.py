@@ -48,10 +48,11 @@ def experiment(
 
 
 @contextlib.contextmanager
-def stack_with_tiny_data(credentials: dict[str, str] | None = None) -> Iterator[LocalStack]:
-    """A local stack (started with ``credentials`` in its environment, if given) with 3 classes x
-    4 synthetic videos under :data:`DATA`; this process's fsspec reaches its S3 while it is up."""
-    stack = LocalStack(credentials=credentials or {})
+def stack_with_tiny_data(credentials: dict[str, str] | None = None, multi_node: bool = False) -> Iterator[LocalStack]:
+    """A local stack (started with ``credentials`` in its environment, if given; ``multi_node``:
+    one that more Ray nodes can join) with 3 classes x 4 synthetic videos under :data:`DATA`;
+    this process's fsspec reaches its S3 while it is up."""
+    stack = LocalStack(credentials=credentials or {}, multi_node=multi_node)
     s3 = fsspec.get_filesystem_class("s3")
     with pytest.MonkeyPatch.context() as environment:
         try:

@@ -3,6 +3,7 @@ folder of its own on free ports, so a developer's stack is never touched."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import shutil
@@ -13,6 +14,8 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -42,6 +45,7 @@ class LocalStack:
     folder: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="octvideo-stack-")))
     ports: dict[str, int] = field(default_factory=lambda: dict(zip(PORT_VARIABLES, free_ports(len(PORT_VARIABLES)))))
     credentials: dict[str, str] = field(default_factory=dict)  # up.sh's OCTVIDEO_S3_* / OCTVIDEO_MLFLOW_TRACKING_TOKEN
+    multi_node: bool = False  # up.sh's OCTVIDEO_MULTI_NODE: a Ray head that add-node.sh can join
 
     @property
     def base_env(self) -> dict[str, str]:
@@ -58,7 +62,8 @@ class LocalStack:
         return {**self.base_env, **self.env}
 
     def script(self, name: str, *args: str) -> subprocess.CompletedProcess:
-        env = {**self.base_env, **self.credentials, "OCTVIDEO_STACK_DIR": str(self.folder), "OCTVIDEO_BIN": str(BIN)}
+        env = {**self.base_env, **self.credentials, "OCTVIDEO_STACK_DIR": str(self.folder), "OCTVIDEO_BIN": str(BIN),
+               "OCTVIDEO_MULTI_NODE": str(int(self.multi_node))}
         env.update({f"OCTVIDEO_{name}_PORT": str(port) for name, port in self.ports.items()})
         return subprocess.run([str(ROOT / "cluster/local" / name), *args], env=env, capture_output=True, text=True, timeout=120)
 
@@ -80,6 +85,17 @@ class LocalStack:
         leader = int((self.folder / f"{name}.pid").read_text())
         os.killpg(leader, signal.SIGKILL)
 
+    def listeners(self) -> set[tuple[str, str, int]]:
+        """(command line, address, port) of every listening TCP socket of the stack's processes
+        (the sessions of its services and nodes, children included)."""
+        sessions = {int(path.read_text()) for path in self.folder.glob("*.pid")}
+        stack = {p.pid: " ".join(p.info["cmdline"] or [])[:200] for p in psutil.process_iter(["cmdline"])
+                 if _session(p.pid) in sessions}
+        return {
+            (stack[c.pid], c.laddr.ip, c.laddr.port)
+            for c in psutil.net_connections("tcp") if c.status == psutil.CONN_LISTEN and c.pid in stack
+        }
+
     def remove(self) -> None:
         """Stop the stack (if up) and delete its folder."""
         self.script("down.sh")
@@ -93,3 +109,19 @@ class LocalStack:
              "--runtime-env", str(runtime_env or self.folder / "runtime_env.yaml"), "--", *command],
             env=self.client_env, capture_output=True, text=True, timeout=timeout,
         )
+
+
+def _session(pid: int) -> int | None:
+    try:
+        return os.getsid(pid)
+    except OSError:
+        return None
+
+
+def is_loopback(address: str) -> bool:
+    return ipaddress.ip_address(address.removeprefix("::ffff:")).is_loopback
+
+
+def is_ray_process(command: str) -> bool:
+    """Whether a command line is one of Ray's processes (GCS, raylet, agents, workers, Ray Client)."""
+    return command.startswith("ray::") or "/site-packages/ray/" in command or " -m ray." in command

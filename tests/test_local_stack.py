@@ -14,16 +14,20 @@ from urllib.request import urlopen
 import boto3
 import pytest
 
-from tests.stack import BIN, LocalStack
+from tests.stack import BIN, LocalStack, is_loopback
 
-# A job that prints what it sees of the stack: its env, its Python, and an object put in S3 by the
-# test, read back through pyarrow as Ray Train's storage does (env only, no options).
+# A job that prints what it sees of the stack: its env, its Python, an object put in S3 by the
+# test, read back through pyarrow as Ray Train's storage does (env only, no options), and its
+# Ray node's address.
 JOB = """
 import os, sys, octvideo, pyarrow.fs
 fs, path = pyarrow.fs.FileSystem.from_uri("s3://octvideo-demo/probe.txt")
 print("S3", fs.open_input_stream(path).read().decode())
 print("ENV", os.environ["AWS_ENDPOINT_URL"], os.environ["MLFLOW_TRACKING_URI"])
 print("PYTHON", sys.executable)
+import ray
+ray.init()
+print("NODE", ray.util.get_node_ip_address())
 """
 
 
@@ -57,6 +61,12 @@ def test_local_stack_up_job_down():
 
         job = stack.submit("python", "-c", JOB, timeout=120)
         assert job.returncode == 0, job.stdout + job.stderr
+        # Everything listens on the loopback only: S3, MLflow, and every port of Ray (node address
+        # 127.0.0.1), its job driver's included.
+        listeners = stack.listeners()
+        assert {stack.ports[name] for name in ("S3", "MLFLOW", "RAY", "RAY_DASHBOARD")} <= {port for *_, port in listeners}
+        assert [(command, address, port) for command, address, port in listeners if not is_loopback(address)] == []
+        assert "NODE 127.0.0.1" in job.stdout
         assert "S3 from the test" in job.stdout
         assert f"ENV {env['AWS_ENDPOINT_URL']} {env['MLFLOW_TRACKING_URI']}" in job.stdout
         assert f"PYTHON {BIN / 'python'}" in job.stdout

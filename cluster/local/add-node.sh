@@ -13,6 +13,11 @@ BIN=${OCTVIDEO_BIN:-$ROOT/.venv/bin}
 CPUS=${1:-1}
 RESOURCES=${2:-"{}"}
 [[ -s $STACK/env ]] && pid_of ray >/dev/null || { echo "no stack up in $STACK: run cluster/local/up.sh first" >&2; exit 1; }
+[[ -e $STACK/multi_node ]] || {
+  echo "the stack in $STACK keeps Ray on the loopback, where Ray allows one node only: restart it with" \
+    "OCTVIDEO_MULTI_NODE=1 cluster/local/up.sh to add nodes" >&2
+  exit 1
+}
 source "$STACK/env"
 
 alive_nodes() {  # ids of the cluster's live nodes, one per line

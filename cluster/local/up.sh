@@ -2,6 +2,11 @@
 # Bring up the local stack: an S3 API (moto), an MLflow tracking server and a Ray head, with their
 # logs, pid files and state under $OCTVIDEO_STACK_DIR (default: .stack/ in the repo; S3 objects
 # live in moto's memory). Then: `source $OCTVIDEO_STACK_DIR/env`. Stop it with down.sh.
+#
+# Every service listens on 127.0.0.1 only, Ray's node address included. With OCTVIDEO_MULTI_NODE=1
+# the Ray head runs on the machine's own address instead, so that add-node.sh can join more Ray
+# nodes: Ray lets only a single-node cluster keep to the loopback. Its gRPC ports (GCS, raylets,
+# object managers, agents) then listen on all interfaces, each guarded by the cluster's token.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 mkdir -p "$STACK"
@@ -14,6 +19,7 @@ DASHBOARD_PORT=${OCTVIDEO_RAY_DASHBOARD_PORT:-8265}  # dashboard and job API
 CLIENT_PORT=${OCTVIDEO_RAY_CLIENT_PORT:-10001}       # Ray Client server
 AGENT_PORT=${OCTVIDEO_RAY_AGENT_PORT:-52365}         # dashboard agent
 RAY_CPUS=${OCTVIDEO_RAY_CPUS:-2}
+MULTI_NODE=${OCTVIDEO_MULTI_NODE:-0}
 BUCKET=octvideo-demo
 TOKEN=$STACK/ray_auth_token
 # The stack's S3 credentials (moto takes any; default "testing") and an optional MLflow token
@@ -70,10 +76,19 @@ start s3 "$BIN/moto_server" -H 127.0.0.1 -p "$S3_PORT"
 MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false start mlflow "$BIN/mlflow" server --host 127.0.0.1 \
   --port "$MLFLOW_PORT" --workers 1 --backend-store-uri "sqlite:///$STACK/mlflow.db" \
   --artifacts-destination "$STACK/mlartifacts"
-# With the venv first on PATH, a job's `python` is the venv's. Ray's gRPC ports (GCS, raylet,
-# agents) listen on all interfaces whatever the flags; token auth guards them.
+# With the venv first on PATH, a job's `python` is the venv's. Loopback only: Ray's switch for a
+# single-machine cluster (as on macOS), which binds its gRPC ports and node address to 127.0.0.1
+# and is inherited by every Ray process and job.
+if [[ $MULTI_NODE == 1 ]]; then
+  ray_node=()
+  touch "$STACK/multi_node"
+else
+  ray_node=(--node-ip-address=127.0.0.1)
+  export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
+  rm -f "$STACK/multi_node"
+fi
 PATH=$BIN:$PATH RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=$TOKEN start ray "$BIN/ray" start --head \
-  --block --num-cpus="$RAY_CPUS" --temp-dir="$STACK/ray" --port="$RAY_PORT" \
+  "${ray_node[@]}" --block --num-cpus="$RAY_CPUS" --temp-dir="$STACK/ray" --port="$RAY_PORT" \
   --dashboard-host=127.0.0.1 --dashboard-port="$DASHBOARD_PORT" --ray-client-server-port="$CLIENT_PORT" \
   --dashboard-agent-listen-port="$AGENT_PORT" --disable-usage-stats
 

@@ -23,12 +23,22 @@ from tests.jobs import (
     STEPS_PER_EPOCH, checkpoint_registered, experiment, stack_with_tiny_data, step_history, submit, tracked_run,
     wait_for, worker_starts, write_config,
 )
-from tests.stack import LocalStack
+from tests.stack import LocalStack, is_loopback, is_ray_process
 
 @pytest.fixture(scope="module")
 def stack():
-    with stack_with_tiny_data() as stack:
+    with stack_with_tiny_data(multi_node=True) as stack:
         yield stack
+
+
+def test_only_ray_listens_beyond_the_loopback_in_a_multi_node_stack(stack: LocalStack) -> None:
+    """Ray keeps a cluster on the loopback only when it has one node (tests/test_local_stack.py);
+    with more, its own gRPC ports face the network (token auth guards them), and nothing else does."""
+    outside = {(command, port) for command, address, port in stack.listeners() if not is_loopback(address)}
+    assert outside and all(is_ray_process(command) for command, _ in outside), outside
+    ports = {port for _, _, port in stack.listeners()}
+    assert {stack.ports["S3"], stack.ports["MLFLOW"], stack.ports["RAY_DASHBOARD"]} <= ports
+    assert not {port for _, port in outside} & {stack.ports["S3"], stack.ports["MLFLOW"], stack.ports["RAY_DASHBOARD"]}
 
 
 def test_workers_on_two_nodes_checkpoint_to_s3_and_survive_losing_a_node(stack: LocalStack) -> None:
