@@ -87,8 +87,8 @@ def _registered_hint(client: Any, name: str) -> str:
 
 def load_registered_model(model_uri: str, tracking_uri: Optional[str] = None) -> LoadedModel:
     """Load ``models:/NAME@ALIAS`` (or ``models:/NAME/VERSION``) as registered by
-    :func:`octvideo.train.registry.register_model`; ValueError when it cannot be, saying what the
-    store holds instead."""
+    :func:`octvideo.train.model_registry.register_trained_model`; ValueError when it cannot be,
+    saying what the store holds instead."""
     match = _MODEL_URI.fullmatch(model_uri)
     if match is None:
         raise ValueError(

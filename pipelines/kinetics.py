@@ -71,13 +71,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ray.train.TrainingFailedError as error:  # the workers' tracebacks are in the log above
         print(f"{parser.prog}: error: {_one_line(training_failure(error))}", file=sys.stderr)
         return 1
-    log = logging.getLogger(parser.prog)
-    log.info("final metrics %s", outcome.result.metrics)
-    log.info("fp32 weights: %s", outcome.weights_path)
-    log.info("MLflow run: %s", outcome.tracking_run_id)
+    logger = logging.getLogger(parser.prog)
+    logger.info("final metrics %s", outcome.result.metrics)
+    logger.info("fp32 weights: %s", outcome.weights_path)
+    logger.info("MLflow run: %s", outcome.tracking_run_id)
     if outcome.registration is not None:
         r = outcome.registration
-        log.info("registered %s version %s (test top-1 %.4f), aliases %s", r.name, r.version, r.test_top1, r.aliases)
+        logger.info("registered %s version %s (test top-1 %.4f), aliases %s", r.name, r.version, r.test_top1, r.aliases)
     return 0
 
 

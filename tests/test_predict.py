@@ -11,7 +11,7 @@ from octvideo.cli import main
 from octvideo.models import build_model
 from octvideo.predict import compiled_for_inference, load_registered_model, predict_video
 from octvideo.train.config import ClipConfig
-from octvideo.train.registry import register_model
+from octvideo.train.model_registry import register_trained_model
 
 from tests.data.videos import HTML_ERROR_PAGE, write_bytes, write_video
 
@@ -30,7 +30,7 @@ def registered(tmp_path, monkeypatch) -> str:
         test_clips=2, test_crops=3,
     )
     model = build_model("oct_i3d_r18", alpha=0.5, width=8, num_classes=len(LABELS))
-    register_model(
+    register_trained_model(
         model, tracking_uri=uri, registered_name="tiny", run_id=run_id,
         build_kwargs={"alpha": 0.5, "width": 8, "num_classes": len(LABELS)}, label_map=LABELS, clip=clip,
         test_top1=0.2, global_step=1,

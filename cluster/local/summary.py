@@ -17,7 +17,7 @@ import yaml
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from octvideo.train.registry import CANDIDATE, CHAMPION, TOP1_TAG
+from octvideo.train.model_registry import CANDIDATE, CHAMPION, TOP1_TAG
 from octvideo.train.tracking import RUN_NAME_TAG
 
 

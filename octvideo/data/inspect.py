@@ -40,7 +40,7 @@ from octvideo.data.decode import (
 )
 from octvideo.data.storage import DEFAULT_RETRY, NO_RETRY, RetryPolicy, is_transient, retry_call
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -246,7 +246,7 @@ def write_report(
         text = out.getvalue()
     with fsspec.open(url, "w", encoding="utf-8", **dict(storage_options or {})) as f:
         f.write(text)
-    log.info("wrote %d failure(s) to %s", len(rows), url)
+    logger.info("wrote %d failure(s) to %s", len(rows), url)
 
 
 def check_failures(results: Iterable[CheckResult]) -> list[dict[str, Any]]:

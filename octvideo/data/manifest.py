@@ -30,7 +30,7 @@ from fsspec.core import split_protocol
 
 from octvideo.data.storage import filesystem
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 LABEL_MAP_NAME = "label_map.json"
 KINETICS_SPLITS = ("train", "val", "test")
@@ -266,7 +266,7 @@ def _locate_kinetics_videos(
             f"(looked for e.g. {missing[0]}.mp4 with layout {layout!r}); check root= and layout="
         )
     if missing:
-        log.warning(
+        logger.warning(
             "%d of %d %r videos listed in %s are missing under %s (e.g. %s); skipping them",
             len(missing), len(rows), split, url, split_url, missing[0],
         )
@@ -354,7 +354,7 @@ def _resolve_label_map(
     beside = _join(root, LABEL_MAP_NAME)
     fs, path = filesystem(beside, options)
     if fs.isfile(path):
-        log.info("using label map %s", beside)
+        logger.info("using label map %s", beside)
         return read_label_map(beside, options), f"label map {beside}"
     return None, ""
 

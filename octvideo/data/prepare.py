@@ -46,7 +46,7 @@ from octvideo.data.inspect import check_video, scan
 from octvideo.data.manifest import LABEL_MAP_NAME, VIDEO_EXTENSIONS, load_manifest
 from octvideo.data.storage import NO_RETRY, is_transient, retry_call
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 SETTINGS_NAME = "prepare_settings.json"
 PARTIAL_SUFFIX = ".partial"
@@ -222,7 +222,7 @@ def plan_prepare(
     for relative in sorted(videos, key=lambda r: (r, not r.endswith(".mp4"))):
         target = posixpath.splitext(relative)[0] + ".mp4"
         if target in targets:
-            log.warning("%s and %s both become %s; keeping the first", targets[target], relative, target)
+            logger.warning("%s and %s both become %s; keeping the first", targets[target], relative, target)
             continue
         targets[target] = relative
         task = PrepareTask(_url(src_fs, f"{src_root}/{relative}"), _url(dst_fs, f"{dst_root}/{target}"))
@@ -230,7 +230,7 @@ def plan_prepare(
     copies = tuple(
         (_url(src_fs, f"{src_root}/{r}"), _url(dst_fs, f"{dst_root}/{r}")) for r in sorted(aux)
     )
-    log.info(
+    logger.info(
         "%s -> %s: %d video(s) to encode, %d finished, %d file(s) to copy",
         src_url, dst_url, len(tasks), len(finished), len(copies),
     )
@@ -331,7 +331,7 @@ def prepare_video(
             what=f"preparing {task.src}",
         )
     except VideoDecodeError as error:
-        log.warning("skipping %s", error)
+        logger.warning("skipping %s", error)
         return PrepareResult(task.src, task.dst, "failed", error.reason, error.detail)
     return PrepareResult(task.src, task.dst, "done", bytes_in=src_fs.size(src_path), bytes_out=bytes_out)
 
@@ -467,7 +467,7 @@ def run_prepare(
             workers or os.cpu_count() or 1,
         )
     copy_aux_files(plan, storage_options, dst_storage_options)
-    log.info("prepared %s in %.1f s", plan.dst_url, time.monotonic() - started)
+    logger.info("prepared %s in %.1f s", plan.dst_url, time.monotonic() - started)
 
 
 def _on_ray(
@@ -481,7 +481,7 @@ def _on_ray(
     remote = ray.remote(num_cpus=1)(prepare_video)
     shared = [ray.put(value) for value in (plan.settings, storage_options, dst_storage_options)]
     max_in_flight = 2 * max(1, int(ray.cluster_resources().get("CPU", 1)))
-    log.info("%d video(s) to encode on %d CPU(s)", len(plan.tasks), max_in_flight // 2)
+    logger.info("%d video(s) to encode on %d CPU(s)", len(plan.tasks), max_in_flight // 2)
     todo, in_flight = list(reversed(plan.tasks)), []
     while todo or in_flight:
         while todo and len(in_flight) < max_in_flight:

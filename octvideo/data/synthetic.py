@@ -43,7 +43,7 @@ from octvideo.data.manifest import (
     write_label_map,
 )
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -282,8 +282,8 @@ def write_synthetic_kinetics(
             fs.put_file(local, f"{root}/{clip.path}")
             os.remove(local)
     elapsed = time.monotonic() - started
-    log.info("wrote %d videos to %s in %.1f s (%.1f videos/s)", len(clips), out_url, elapsed,
-             len(clips) / elapsed)
+    logger.info("wrote %d videos to %s in %.1f s (%.1f videos/s)", len(clips), out_url, elapsed,
+                len(clips) / elapsed)
 
     for split in KINETICS_SPLITS:
         rows = sorted((c for c in clips if c.split == split), key=lambda c: (c.label, c.youtube_id))

@@ -2,11 +2,12 @@
 
 A block takes the octave split of its input and the alpha of its output; all
 pair handling happens inside ``octvideo.nn``, so the blocks read like torchvision's.
+Sub-modules are created in the order of their parameters in a checkpoint (optimizer and
+ZeRO states are stored by that order), so keep it when editing.
 """
 
 from __future__ import annotations
 
-from functools import partial
 from typing import List, Optional, Sequence, Tuple, Type, Union
 
 from torch import nn
@@ -25,42 +26,41 @@ from octvideo.nn import (
 Channels = Union[int, OctaveChannels]
 
 
-def octave_conv(
-    dims: int,
-    in_channels: Channels,
-    out_channels: int,
-    kernel: Tuple[int, ...],
-    stride: Tuple[int, ...],
-    alpha_in: float,
-    alpha_out: float,
-    octave_pool: Tuple[int, ...],
-) -> nn.Module:
-    """A bias-free convolution with "same" padding, octave whenever an alpha is non-zero."""
-    conv = OctConv3d if dims == 3 else OctConv2d
-    return conv(
-        in_channels,
-        out_channels,
-        kernel,
-        alpha_in=alpha_in,
-        alpha_out=alpha_out,
-        stride=stride,
-        padding=tuple(k // 2 for k in kernel),
-        octave_pool=octave_pool,
-    )
-
-
-def kernel_shape(dims: int, temporal: int, spatial: int) -> Tuple[int, ...]:
+def kernel_shape(dims: int, *, temporal: int, spatial: int) -> Tuple[int, ...]:
     """``(temporal, spatial, spatial)`` in 3-D, ``(spatial, spatial)`` in 2-D."""
     return (temporal, spatial, spatial) if dims == 3 else (spatial, spatial)
 
 
 class ConvBN(nn.Module):
-    """Convolution followed by batch norm (and ReLU when ``relu``)."""
+    """A bias-free convolution with "same" padding (octave whenever an alpha is non-zero),
+    batch norm, and ReLU when ``relu``. ``stride`` defaults to 1 in every dimension."""
 
-    def __init__(self, conv: nn.Module, relu: bool) -> None:
+    def __init__(
+        self,
+        dims: int,
+        *,
+        in_channels: Channels,
+        out_channels: int,
+        kernel: Tuple[int, ...],
+        stride: Optional[Tuple[int, ...]] = None,
+        alpha_in: float = 0.0,
+        alpha_out: float = 0.0,
+        octave_pool: Tuple[int, ...],
+        relu: bool,
+    ) -> None:
         super().__init__()
-        self.conv = conv
-        self.bn = OctaveBatchNorm(conv.out_split, dims=conv.dims)
+        conv = OctConv3d if dims == 3 else OctConv2d
+        self.conv = conv(
+            in_channels,
+            out_channels,
+            kernel,
+            alpha_in=alpha_in,
+            alpha_out=alpha_out,
+            stride=stride or (1,) * len(kernel),
+            padding=tuple(k // 2 for k in kernel),
+            octave_pool=octave_pool,
+        )
+        self.bn = OctaveBatchNorm(self.conv.out_split, dims=dims)
         self.relu = OctaveApply(nn.ReLU(inplace=True)) if relu else None
 
     @property
@@ -72,114 +72,186 @@ class ConvBN(nn.Module):
         return x if self.relu is None else self.relu(x)
 
 
+def shortcut(
+    dims: int,
+    *,
+    in_channels: Channels,
+    out_channels: int,
+    stride: Tuple[int, ...],
+    alpha_in: float,
+    alpha_out: float,
+    octave_pool: Tuple[int, ...],
+) -> Optional[ConvBN]:
+    """A block's projection shortcut (a strided 1 x 1 ``ConvBN``), or None where the input can be
+    added as it is: same channels, stride 1 and the same octave split."""
+    in_total = in_channels if isinstance(in_channels, int) else sum(in_channels)
+    changes_split = alpha_in != alpha_out or not isinstance(in_channels, int)
+    if in_total == out_channels and all(s == 1 for s in stride) and not changes_split:
+        return None
+    return ConvBN(
+        dims,
+        in_channels=in_channels,
+        out_channels=out_channels,
+        kernel=kernel_shape(dims, temporal=1, spatial=1),
+        stride=stride,
+        alpha_in=alpha_in,
+        alpha_out=alpha_out,
+        octave_pool=octave_pool,
+        relu=False,
+    )
+
+
 class ResidualBlock(nn.Module):
-    """``relu(branch(x) + shortcut(x))``; a subclass builds the branch's convolutions in ``build``."""
+    """``relu(residual(x) + shortcut(x))``. A subclass creates its ``ConvBN`` layers, then
+    ``downsample`` (from :func:`shortcut`) and ``relu``, and defines ``residual`` and ``out_split``."""
 
     expansion = 1
+    downsample: Optional[ConvBN]
+    relu: nn.Module
+
+    @property
+    def out_split(self) -> OctaveChannels:
+        raise NotImplementedError
+
+    def residual(self, x: Octave) -> Octave:
+        raise NotImplementedError
+
+    def forward(self, x: Octave) -> Octave:
+        identity = x if self.downsample is None else self.downsample(x)
+        return self.relu(octave_add(self.residual(x), identity))
+
+
+class Bottleneck(ResidualBlock):
+    """1 x 1 (with the block's temporal kernel) -> 3 x 3 (strided) -> 1 x 1 expansion, plus shortcut.
+
+    ``in_channels`` is the input's total or ``(high, low)`` split (taken as it is, whatever
+    ``alpha_in``); the output has ``width * expansion`` channels at ``alpha``.
+    """
+
+    expansion = 4
 
     def __init__(
         self,
+        dims: int,
+        *,
         in_channels: Channels,
         width: int,
-        *,
         stride: int = 1,
         temporal_kernel: int = 1,
         alpha_in: float = 0.0,
         alpha: float = 0.0,
-        octave_pool: Tuple[int, ...] = (1, 2, 2),
-        dims: int = 3,
+        octave_pool: Tuple[int, ...],
     ) -> None:
         super().__init__()
-        strides = kernel_shape(dims, 1, stride)
-        conv = partial(octave_conv, dims, octave_pool=octave_pool)
-        self.branch: List[str] = self.build(conv, dims, in_channels, width, strides, temporal_kernel, alpha_in, alpha)
+        strides = kernel_shape(dims, temporal=1, spatial=stride)
         out_channels = width * self.expansion
-        self.downsample = _shortcut(dims, in_channels, out_channels, strides, alpha_in, alpha, octave_pool)
+        self.conv1 = ConvBN(
+            dims, in_channels=in_channels, out_channels=width,
+            kernel=kernel_shape(dims, temporal=temporal_kernel, spatial=1),
+            alpha_in=alpha_in, alpha_out=alpha, octave_pool=octave_pool, relu=True,
+        )
+        self.conv2 = ConvBN(
+            dims, in_channels=width, out_channels=width, kernel=kernel_shape(dims, temporal=1, spatial=3),
+            stride=strides, alpha_in=alpha, alpha_out=alpha, octave_pool=octave_pool, relu=True,
+        )
+        self.conv3 = ConvBN(
+            dims, in_channels=width, out_channels=out_channels, kernel=kernel_shape(dims, temporal=1, spatial=1),
+            alpha_in=alpha, alpha_out=alpha, octave_pool=octave_pool, relu=False,
+        )
+        self.downsample = shortcut(
+            dims, in_channels=in_channels, out_channels=out_channels, stride=strides,
+            alpha_in=alpha_in, alpha_out=alpha, octave_pool=octave_pool,
+        )
         self.relu = OctaveApply(nn.ReLU(inplace=True))
-
-    def build(self, conv, dims, in_channels, width, strides, temporal_kernel, alpha_in, alpha) -> List[str]:
-        """Create the branch's ``ConvBN`` attributes and return their names in order."""
-        raise NotImplementedError
 
     @property
     def out_split(self) -> OctaveChannels:
-        return getattr(self, self.branch[-1]).out_split
+        return self.conv3.out_split
 
-    def forward(self, x: Octave) -> Octave:
-        identity = x if self.downsample is None else self.downsample(x)
-        out = x
-        for name in self.branch:
-            out = getattr(self, name)(out)
-        return self.relu(octave_add(out, identity))
-
-
-class Bottleneck(ResidualBlock):
-    """1 x 1 (with the block's temporal kernel) -> 3 x 3 (strided) -> 1 x 1 expansion, plus shortcut."""
-
-    expansion = 4
-
-    def build(self, conv, dims, in_channels, width, strides, temporal_kernel, alpha_in, alpha) -> List[str]:
-        one = kernel_shape(dims, 1, 1)
-        out = width * self.expansion
-        self.conv1 = ConvBN(conv(in_channels, width, kernel_shape(dims, temporal_kernel, 1), one, alpha_in, alpha), relu=True)
-        self.conv2 = ConvBN(conv(width, width, kernel_shape(dims, 1, 3), strides, alpha, alpha), relu=True)
-        self.conv3 = ConvBN(conv(width, out, one, one, alpha, alpha), relu=False)
-        return ["conv1", "conv2", "conv3"]
+    def residual(self, x: Octave) -> Octave:
+        return self.conv3(self.conv2(self.conv1(x)))
 
 
 class BasicBlock(ResidualBlock):
-    """Two 3 x 3 convolutions (the first strided, with the block's temporal kernel), plus shortcut."""
+    """Two 3 x 3 convolutions (the first strided, with the block's temporal kernel), plus shortcut.
 
-    def build(self, conv, dims, in_channels, width, strides, temporal_kernel, alpha_in, alpha) -> List[str]:
-        one = kernel_shape(dims, 1, 1)
-        self.conv1 = ConvBN(conv(in_channels, width, kernel_shape(dims, temporal_kernel, 3), strides, alpha_in, alpha), relu=True)
-        self.conv2 = ConvBN(conv(width, width, kernel_shape(dims, 1, 3), one, alpha, alpha), relu=False)
-        return ["conv1", "conv2"]
+    Arguments as :class:`Bottleneck`'s; the output has ``width`` channels at ``alpha``.
+    """
+
+    def __init__(
+        self,
+        dims: int,
+        *,
+        in_channels: Channels,
+        width: int,
+        stride: int = 1,
+        temporal_kernel: int = 1,
+        alpha_in: float = 0.0,
+        alpha: float = 0.0,
+        octave_pool: Tuple[int, ...],
+    ) -> None:
+        super().__init__()
+        strides = kernel_shape(dims, temporal=1, spatial=stride)
+        self.conv1 = ConvBN(
+            dims, in_channels=in_channels, out_channels=width,
+            kernel=kernel_shape(dims, temporal=temporal_kernel, spatial=3),
+            stride=strides, alpha_in=alpha_in, alpha_out=alpha, octave_pool=octave_pool, relu=True,
+        )
+        self.conv2 = ConvBN(
+            dims, in_channels=width, out_channels=width, kernel=kernel_shape(dims, temporal=1, spatial=3),
+            alpha_in=alpha, alpha_out=alpha, octave_pool=octave_pool, relu=False,
+        )
+        self.downsample = shortcut(
+            dims, in_channels=in_channels, out_channels=width, stride=strides,
+            alpha_in=alpha_in, alpha_out=alpha, octave_pool=octave_pool,
+        )
+        self.relu = OctaveApply(nn.ReLU(inplace=True))
+
+    @property
+    def out_split(self) -> OctaveChannels:
+        return self.conv2.out_split
+
+    def residual(self, x: Octave) -> Octave:
+        return self.conv2(self.conv1(x))
 
 
 Block = Type[ResidualBlock]
 
 
-def _shortcut(dims, in_channels, out_channels, strides, alpha_in, alpha, octave_pool) -> Optional[ConvBN]:
-    in_total = in_channels if isinstance(in_channels, int) else sum(in_channels)
-    changes_split = alpha_in != alpha or not isinstance(in_channels, int)
-    if in_total == out_channels and all(s == 1 for s in strides) and not changes_split:
-        return None
-    one = kernel_shape(dims, 1, 1)
-    return ConvBN(octave_conv(dims, in_channels, out_channels, one, strides, alpha_in, alpha, octave_pool), relu=False)
-
-
 def make_stage(
+    dims: int,
+    *,
     block: Block,
     in_channels: Channels,
     width: int,
     temporal_kernels: Sequence[int],
-    *,
     stride: int,
     alpha_in: float,
     alpha: float,
     octave_pool: Tuple[int, ...],
-    dims: int = 3,
 ) -> nn.Sequential:
     """One ResNet stage: ``len(temporal_kernels)`` blocks, the first one strided and changing width/split."""
     blocks: List[nn.Module] = []
     for i, temporal in enumerate(temporal_kernels):
-        b = block(
-            in_channels,
-            width,
-            stride=stride if i == 0 else 1,
-            temporal_kernel=temporal,
-            alpha_in=alpha_in if i == 0 else alpha,
-            alpha=alpha,
-            octave_pool=octave_pool,
-            dims=dims,
+        blocks.append(
+            block(
+                dims,
+                in_channels=in_channels,
+                width=width,
+                stride=stride if i == 0 else 1,
+                temporal_kernel=temporal,
+                alpha_in=alpha_in if i == 0 else alpha,
+                alpha=alpha,
+                octave_pool=octave_pool,
+            )
         )
-        blocks.append(b)
         in_channels = width * block.expansion
     return nn.Sequential(*blocks)
 
 
-def stage_alphas(alpha: float, last_stage_alpha: Optional[float], num_classes: int, num_stages: int = 4) -> List[float]:
+def stage_alphas(
+    alpha: float, *, last_stage_alpha: Optional[float], num_classes: int, num_stages: int = 4
+) -> List[float]:
     """Check a network's arguments and return the per-stage alpha: ``alpha`` everywhere but the
     last stage, which runs at ``last_stage_alpha`` (0 by default, as in the official Oct-ResNets)."""
     if num_classes < 1:

@@ -38,7 +38,17 @@ def similar_models(name: str) -> List[str]:
 
 
 def build_model(name: str, **kwargs) -> nn.Module:
-    """Build a registered model; every model takes ``alpha``, ``num_classes`` and ``octave_pool``."""
+    """Build a registered model and record its name as ``model.model_name``.
+
+    Args:
+        name: A name from :func:`list_models`, e.g. ``"oct_i3d_r50"``.
+        **kwargs: The builder's keyword arguments (those of :class:`~octvideo.models.resnet.ResNet`
+            or :class:`~octvideo.models.slowfast.SlowFast`); every model takes ``alpha``,
+            ``num_classes`` and ``octave_pool``.
+
+    Raises:
+        ValueError: ``name`` is not registered (the message names the closest registered ones).
+    """
     if name not in _BUILDERS:
         close = similar_models(name)
         hint = f" Did you mean {', '.join(close)}?" if close else ""

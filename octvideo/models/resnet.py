@@ -16,7 +16,7 @@ from torch import nn
 
 from octvideo.nn import FramePairMaxPool, Octave, OctaveApply, OctaveGlobalPool, StemMaxPool
 
-from .blocks import BasicBlock, Block, Bottleneck, ConvBN, kernel_shape, make_stage, octave_conv, stage_alphas
+from .blocks import BasicBlock, Block, Bottleneck, ConvBN, kernel_shape, make_stage, stage_alphas
 from .registry import register_model
 
 # Temporal kernel of the first convolution of each block, per stage (pytorchvideo's i3d_r50:
@@ -31,8 +31,22 @@ def _repeat(pattern: Sequence[int], n: int) -> Tuple[int, ...]:
 class ResNet(nn.Module):
     """Stem -> res2 -> [temporal pool] -> res3 -> res4 -> res5 -> global pool -> dropout -> fc.
 
-    ``dims=3`` takes ``(B, C, T, H, W)`` clips, ``dims=2`` ``(B, C, H, W)`` images
-    (temporal arguments are then ignored).
+    Args:
+        block: The residual block of every stage, :class:`Bottleneck` or :class:`BasicBlock`.
+        layers: Blocks per stage (res2 to res5), e.g. ``(3, 4, 6, 3)`` for an R50.
+        dims: 3 takes ``(B, C, T, H, W)`` clips, 2 ``(B, C, H, W)`` images (the temporal
+            arguments are then ignored).
+        temporal_pattern: Per stage, the temporal kernels of the blocks' first convolutions,
+            repeated over the stage's blocks.
+        stem_temporal_kernel: Temporal kernel of the 7 x 7 stem convolution.
+        temporal_pool_after_res2: Halve the frames after res2 (a max over frame pairs).
+        width: Channels of the stem and of res2's inner convolutions; each stage doubles it.
+        alpha: Fraction of low-frequency channels from res2 on (0: the plain network).
+        last_stage_alpha: Alpha of res5; None runs it at 0, as the official Oct-ResNets do.
+        octave_pool: How the low group is downsampled; default 2 x 2 spatially, not in time.
+        num_classes: Outputs of the classifier.
+        dropout: Dropout probability before the classifier.
+        in_channels: Channels of the input (3 for RGB).
     """
 
     def __init__(
@@ -53,13 +67,15 @@ class ResNet(nn.Module):
         in_channels: int = 3,
     ) -> None:
         super().__init__()
-        alphas = stage_alphas(alpha, last_stage_alpha, num_classes)
-        octave_pool = tuple(octave_pool or kernel_shape(dims, 1, 2))
+        alphas = stage_alphas(alpha, last_stage_alpha=last_stage_alpha, num_classes=num_classes)
+        octave_pool = tuple(octave_pool or kernel_shape(dims, temporal=1, spatial=2))
         self.stem = ConvBN(
-            octave_conv(
-                dims, in_channels, width, kernel_shape(dims, stem_temporal_kernel, 7), kernel_shape(dims, 1, 2),
-                0.0, 0.0, octave_pool,
-            ),
+            dims,
+            in_channels=in_channels,
+            out_channels=width,
+            kernel=kernel_shape(dims, temporal=stem_temporal_kernel, spatial=7),
+            stride=kernel_shape(dims, temporal=1, spatial=2),
+            octave_pool=octave_pool,
             relu=True,
         )
         self.stem_pool = StemMaxPool()
@@ -70,15 +86,15 @@ class ResNet(nn.Module):
             stage_width = width * 2**i
             stages.append(
                 make_stage(
-                    block,
-                    channels,
-                    stage_width,
-                    _repeat(temporal_pattern[i], num_blocks),
+                    dims,
+                    block=block,
+                    in_channels=channels,
+                    width=stage_width,
+                    temporal_kernels=_repeat(temporal_pattern[i], num_blocks),
                     stride=1 if i == 0 else 2,
                     alpha_in=alpha_in,
                     alpha=stage_alpha,
                     octave_pool=octave_pool,
-                    dims=dims,
                 )
             )
             channels, alpha_in = stage_width * block.expansion, stage_alpha

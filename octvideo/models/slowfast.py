@@ -12,6 +12,7 @@ group the slow low group.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import List, Optional, Sequence, Tuple
 
 import torch
@@ -19,7 +20,7 @@ from torch import nn
 
 from octvideo.nn import Octave, OctaveChannels, OctaveGlobalPool, StemMaxPool, octave_cat
 
-from .blocks import Bottleneck, ConvBN, make_stage, octave_conv, stage_alphas
+from .blocks import Bottleneck, ConvBN, make_stage, stage_alphas
 from .registry import register_model
 
 SLOW_TEMPORAL_KERNELS = (1, 1, 3, 3)
@@ -29,11 +30,13 @@ FAST_TEMPORAL_KERNELS = (3, 3, 3, 3)
 class Lateral(nn.Module):
     """Fast -> slow fusion: time-strided convolution, batch norm and ReLU, then channel concat."""
 
-    def __init__(self, fast: OctaveChannels, alpha: float, speed_ratio: int, kernel: int, octave_pool) -> None:
+    def __init__(
+        self, fast: OctaveChannels, *, alpha: float, speed_ratio: int, kernel: int, octave_pool: Tuple[int, int, int]
+    ) -> None:
         super().__init__()
         self.fuse = ConvBN(
-            octave_conv(3, fast, 2 * fast.total, (kernel, 1, 1), (speed_ratio, 1, 1), alpha, alpha, octave_pool),
-            relu=True,
+            3, in_channels=fast, out_channels=2 * fast.total, kernel=(kernel, 1, 1), stride=(speed_ratio, 1, 1),
+            alpha_in=alpha, alpha_out=alpha, octave_pool=octave_pool, relu=True,
         )
 
     @property
@@ -49,7 +52,23 @@ def _join(slow: OctaveChannels, lateral: OctaveChannels) -> OctaveChannels:
 
 
 class SlowFast(nn.Module):
-    """Two ResNet-3D pathways with laterals; input ``[slow_clip, fast_clip]``."""
+    """Two ResNet-3D pathways of bottleneck blocks with laterals; input ``[slow_clip, fast_clip]``.
+
+    Args:
+        layers: Blocks per stage (res2 to res5), the same in both pathways.
+        width: Channels of the slow stem and of slow res2's inner convolutions; each stage doubles it.
+        channel_ratio: The fast pathway has ``width // channel_ratio`` channels.
+        speed_ratio: The fast clip has ``speed_ratio`` times the slow clip's frames; the laterals
+            stride time by it.
+        lateral_kernel: Temporal kernel of the lateral convolutions.
+        alpha: Fraction of low-frequency channels from res2 on, in both pathways and the laterals
+            (0: the plain network).
+        last_stage_alpha: Alpha of res5; None runs it at 0, as the official Oct-ResNets do.
+        octave_pool: How the low group is downsampled.
+        num_classes: Outputs of the classifier.
+        dropout: Dropout probability before the classifier.
+        in_channels: Channels of the input clips (3 for RGB).
+    """
 
     def __init__(
         self,
@@ -67,33 +86,43 @@ class SlowFast(nn.Module):
         in_channels: int = 3,
     ) -> None:
         super().__init__()
-        alphas = stage_alphas(alpha, last_stage_alpha, num_classes)
+        alphas = stage_alphas(alpha, last_stage_alpha=last_stage_alpha, num_classes=num_classes)
         octave_pool = tuple(octave_pool)
         fast_width = width // channel_ratio
         self.speed_ratio = speed_ratio
 
         def stem(out_channels: int, temporal_kernel: int) -> nn.Sequential:
-            conv = octave_conv(3, in_channels, out_channels, (temporal_kernel, 7, 7), (1, 2, 2), 0.0, 0.0, octave_pool)
-            return nn.Sequential(ConvBN(conv, relu=True), StemMaxPool())
+            conv = ConvBN(
+                3, in_channels=in_channels, out_channels=out_channels, kernel=(temporal_kernel, 7, 7), stride=(1, 2, 2),
+                octave_pool=octave_pool, relu=True,
+            )
+            return nn.Sequential(conv, StemMaxPool())
 
-        self.slow_stem = stem(width, 1)
-        self.fast_stem = stem(fast_width, 5)
+        self.slow_stem = stem(width, temporal_kernel=1)
+        self.fast_stem = stem(fast_width, temporal_kernel=5)
 
         slow_in = OctaveChannels(width, 0)
         fast_in = OctaveChannels(fast_width, 0)
         alpha_in = 0.0
         slow_stages, fast_stages, laterals = [], [], []
         for i, (num_blocks, stage_alpha) in enumerate(zip(layers, alphas)):
-            lateral = Lateral(fast_in, alpha_in, speed_ratio, lateral_kernel, octave_pool)
-            laterals.append(lateral)
-            stride = 1 if i == 0 else 2
-            common = dict(stride=stride, alpha_in=alpha_in, alpha=stage_alpha, octave_pool=octave_pool)
-            slow = make_stage(
-                Bottleneck, _join(slow_in, lateral.out_split), width * 2**i,
-                (SLOW_TEMPORAL_KERNELS[i],) * num_blocks, **common,
+            lateral = Lateral(
+                fast_in, alpha=alpha_in, speed_ratio=speed_ratio, kernel=lateral_kernel, octave_pool=octave_pool
             )
-            fast = make_stage(
-                Bottleneck, fast_in, fast_width * 2**i, (FAST_TEMPORAL_KERNELS[i],) * num_blocks, **common,
+            laterals.append(lateral)
+            stage = partial(
+                make_stage, 3, block=Bottleneck, stride=1 if i == 0 else 2,
+                alpha_in=alpha_in, alpha=stage_alpha, octave_pool=octave_pool,
+            )
+            slow = stage(
+                in_channels=_join(slow_in, lateral.out_split),
+                width=width * 2**i,
+                temporal_kernels=(SLOW_TEMPORAL_KERNELS[i],) * num_blocks,
+            )
+            fast = stage(
+                in_channels=fast_in,
+                width=fast_width * 2**i,
+                temporal_kernels=(FAST_TEMPORAL_KERNELS[i],) * num_blocks,
             )
             slow_stages.append(slow)
             fast_stages.append(fast)

@@ -34,7 +34,7 @@ from torch import nn
 from .convolution import convolution
 from .grid import add_upsampled_, downsample, low_size
 from .octave import Octave, OctaveChannels, as_channels, pack, unpack
-from .octconv_function import Geometry, octave_conv
+from .octconv_function import Geometry, fused_octave_conv
 
 IntOrTuple = Union[int, Sequence[int]]
 ChannelSpec = Union[int, Sequence[int]]
@@ -195,7 +195,7 @@ class OctConv(nn.Module):
         if self.groups > 1:
             return self.path_by_path(x)
         geometry = Geometry(self.stride, self.octave_pool, self.padding, self.dilation)
-        return pack(*octave_conv(x_h, x_l, self.path_weights(), self.bias_h, self.bias_l, geometry))
+        return pack(*fused_octave_conv(x_h, x_l, self.path_weights(), self.bias_h, self.bias_l, geometry))
 
     def path_by_path(self, x: Octave) -> Octave:
         """The layer's four (or two) paths one by one, on plain autograd ops.

@@ -152,7 +152,7 @@ def _autocast_dtype(x: torch.Tensor) -> Optional[torch.dtype]:
     return None
 
 
-def octave_conv(
+def fused_octave_conv(
     x_h: torch.Tensor,
     x_l: Optional[torch.Tensor],
     weights: dict,

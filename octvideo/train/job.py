@@ -37,7 +37,7 @@ from octvideo.train.engine import build_network, network_options
 from octvideo.train.finetune import check_parts
 from octvideo.train.loop import WEIGHTS_FILE, run_storage, train_loop_per_worker
 from octvideo.train.pretrained import start_file, start_from_source, write_start
-from octvideo.train.registry import Registration
+from octvideo.train.model_registry import Registration
 from octvideo.train.tracking import Tracker, start_tracker
 
 logger = logging.getLogger(__name__)
@@ -226,7 +226,7 @@ def _register(job: PreparedJob, state: dict[str, torch.Tensor], metrics: dict) -
     model = build_model(job.config.model.name, **options)
     model.load_state_dict(state)
     start = job.config.model.pretrained
-    return job.tracker.register_model(
+    return job.tracker.register_trained_model(
         model, name, build_kwargs=options, label_map=job.label_map, clip=job.config.data.clip,
         test_top1=float(metrics["test_video_top1"]), global_step=int(metrics["global_step"]),
         description=None if start is None else f"Started from {start.source} ({job.start.format}); head {job.start.head}.",

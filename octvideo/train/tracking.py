@@ -44,9 +44,9 @@ import yaml
 
 from octvideo.train.config import ExperimentConfig, config_to_dict, flatten
 from octvideo.train.plots import plot_training_curves
-from octvideo.train.registry import Registration, register_model
+from octvideo.train.model_registry import Registration, register_trained_model
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 RUN_NAME_TAG = "octvideo.run_name"
 #: Metrics kept while the server is unreachable; the oldest are dropped beyond this.
@@ -188,7 +188,7 @@ class Tracker(Protocol):
     def log_training_curves(
         self, keys: Sequence[str], artifact_file: str = "plots/training_curves.png", x_label: str = "step"
     ) -> None: ...
-    def register_model(self, model: Any, registered_name: str, **details: Any) -> Optional[Registration]: ...
+    def register_trained_model(self, model: Any, registered_name: str, **details: Any) -> Optional[Registration]: ...
     def flush(self, timeout_sec: float = 60.0) -> int: ...
     def close(self, status: str = "FINISHED") -> None: ...
 
@@ -227,7 +227,7 @@ class NullTracker:
     ) -> None:
         pass
 
-    def register_model(self, model: Any, registered_name: str, **details: Any) -> Optional[Registration]:
+    def register_trained_model(self, model: Any, registered_name: str, **details: Any) -> Optional[Registration]:
         return None
 
     def flush(self, timeout_sec: float = 60.0) -> int:
@@ -280,12 +280,12 @@ class MLflowTracker:
             self.run_id = runs[0].info.run_id
             self.resumed = True
             self.client.update_run(self.run_id, status="RUNNING")
-            log.info("resuming MLflow run %s (%s)", self.run_id, run_name)
+            logger.info("resuming MLflow run %s (%s)", self.run_id, run_name)
         else:
             run = self.client.create_run(experiment_id, tags={RUN_NAME_TAG: run_name}, run_name=run_name)
             self.run_id = run.info.run_id
             self.resumed = False
-            log.info("created MLflow run %s (%s)", self.run_id, run_name)
+            logger.info("created MLflow run %s (%s)", self.run_id, run_name)
 
     @property
     def client(self) -> Any:
@@ -324,7 +324,7 @@ class MLflowTracker:
         logged = self.client.get_run(self.run_id).data.params
         changed = sorted(k for k, v in params.items() if k in logged and logged[k] != v)
         if changed:
-            log.warning("config changed since the run started; MLflow keeps the first values of %s", changed)
+            logger.warning("config changed since the run started; MLflow keeps the first values of %s", changed)
         new = [Param(k, v) for k, v in params.items() if k not in logged]
         for i in range(0, len(new), MAX_PARAMS_TAGS_PER_BATCH):
             self.client.log_batch(self.run_id, params=new[i : i + MAX_PARAMS_TAGS_PER_BATCH])
@@ -348,7 +348,7 @@ class MLflowTracker:
             with _quick_requests(self._timeout):
                 self.client.log_dict(self.run_id, dict(sorted(bad_videos.items())), "bad_videos.json")
         except Exception as err:  # the list is in the job's log too
-            log.warning("could not log bad_videos.json to MLflow: %s", err)
+            logger.warning("could not log bad_videos.json to MLflow: %s", err)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         """Queue ``metrics`` at ``step`` for the sender thread; never waits on MLflow."""
@@ -369,7 +369,7 @@ class MLflowTracker:
             with _quick_requests(self._timeout):
                 self.client.log_figure(self.run_id, figure, artifact_file)
         except Exception as err:  # plots are not worth stopping training for
-            log.warning("could not log %s to MLflow: %s", artifact_file, err)
+            logger.warning("could not log %s to MLflow: %s", artifact_file, err)
 
     def log_training_curves(
         self, keys: Sequence[str], artifact_file: str = "plots/training_curves.png", x_label: str = "step"
@@ -385,17 +385,18 @@ class MLflowTracker:
                     if history:
                         curves[key] = ([m.step for m in history], [m.value for m in history])
         except Exception as err:
-            log.warning("could not read the metric history of MLflow run %s: %s", self.run_id, err)
+            logger.warning("could not read the metric history of MLflow run %s: %s", self.run_id, err)
             return
         if curves:
             self.log_figure(plot_training_curves(curves, x_label), artifact_file)
 
-    def register_model(self, model: Any, registered_name: str, **details: Any) -> Optional[Registration]:
-        """Log ``model`` to this run and register it (:func:`octvideo.train.registry.register_model`
-        with ``details``); ends the MLflow run."""
+    def register_trained_model(self, model: Any, registered_name: str, **details: Any) -> Optional[Registration]:
+        """Log ``model`` to this run and register it in the MLflow Model Registry
+        (:func:`octvideo.train.model_registry.register_trained_model` with ``details``); ends the MLflow run."""
         self.flush()
-        return register_model(model, tracking_uri=self.tracking_uri, registered_name=registered_name,
-                              run_id=self.run_id, **details)
+        return register_trained_model(
+            model, tracking_uri=self.tracking_uri, registered_name=registered_name, run_id=self.run_id, **details
+        )
 
     def flush(self, timeout_sec: float = 60.0) -> int:
         """Wait at most ``timeout_sec`` until the metrics queued so far were sent (the sender tries
@@ -410,7 +411,7 @@ class MLflowTracker:
             waiting, dropped = len(self._pending), self._dropped
         lost = waiting + dropped
         if lost:
-            log.error(
+            logger.error(
                 "%d metrics could not be sent to MLflow at %s (%d still queued, %d dropped from a full "
                 "buffer)", lost, self.tracking_uri, waiting, dropped,
             )
@@ -423,7 +424,7 @@ class MLflowTracker:
             with _quick_requests(self._timeout):
                 self.client.set_terminated(self.run_id, status)
         except Exception as err:
-            log.warning("could not mark MLflow run %s %s: %s", self.run_id, status, err)
+            logger.warning("could not mark MLflow run %s %s: %s", self.run_id, status, err)
 
     def _wake_sender(self) -> None:
         """Wake the sender thread, started here on first use in this process; the lock is held."""
@@ -467,14 +468,14 @@ class MLflowTracker:
                         client.log_batch(self.run_id, metrics=new)
             except Exception as err:  # an outage of any kind: keep the metrics for the next attempt
                 if not self._failing:
-                    log.warning(
+                    logger.warning(
                         "MLflow at %s is not answering (%s); buffering metrics and retrying",
                         self.tracking_uri, err,
                     )
                 self._failing = True
                 return False
             if self._failing:
-                log.warning("MLflow at %s answers again; sending the buffered metrics", self.tracking_uri)
+                logger.warning("MLflow at %s answers again; sending the buffered metrics", self.tracking_uri)
                 self._failing = False
             for metric in new:
                 self._last_step[metric.key] = max(self._last_step[metric.key], metric.step)

@@ -26,7 +26,7 @@ from mlflow.tracking import MlflowClient
 
 from octvideo.models import build_model
 from octvideo.train.config import ClipConfig
-from octvideo.train.registry import register_model
+from octvideo.train.model_registry import register_trained_model
 from tests.conftest import S3Server
 from tests.data.videos import HTML_ERROR_PAGE, random_bytes, write_bytes
 
@@ -246,8 +246,9 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> str:
     clip = ClipConfig(num_frames=4, sampling_rate=4, train_short_side=(32, 40), crop=32, eval_short_side=32, eval_crop=32,
                       test_clips=1, test_crops=1)
     options = {"alpha": 0.5, "width": 8, "num_classes": len(LABELS)}
-    register_model(build_model("oct_i3d_r18", **options), tracking_uri=uri, registered_name="tiny", run_id=run_id,
-                   build_kwargs=options, label_map=LABELS, clip=clip, test_top1=0.5, global_step=1)
+    register_trained_model(build_model("oct_i3d_r18", **options), tracking_uri=uri, registered_name="tiny",
+                           run_id=run_id, build_kwargs=options, label_map=LABELS, clip=clip, test_top1=0.5,
+                           global_step=1)
     return uri
 
 

@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 from octvideo.models import build_model
 from octvideo.train.config import ClipConfig, ConfigError, parse_config
 from octvideo.train.pretrained import read_start, start_file, start_from_source, write_start
-from octvideo.train.registry import register_model
+from octvideo.train.model_registry import register_trained_model
 
 OPTIONS = {"alpha": 0.5, "width": 8, "num_classes": 3}
 CLASSES = ["archery", "bowling", "cooking"]
@@ -38,8 +38,9 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, torch.nn.Modul
     run_id = client.create_run(client.create_experiment("pretrained", artifact_location=(folder / "a").as_uri())).info.run_id
     clip = ClipConfig(num_frames=4, sampling_rate=4, train_short_side=(32, 40), crop=32, eval_short_side=32, eval_crop=32)
     model = build_model("oct_i3d_r18", **OPTIONS)
-    register_model(model, tracking_uri=uri, registered_name="tiny", run_id=run_id, build_kwargs=OPTIONS,
-                   label_map={name: i for i, name in enumerate(CLASSES)}, clip=clip, test_top1=0.5, global_step=1)
+    register_trained_model(model, tracking_uri=uri, registered_name="tiny", run_id=run_id, build_kwargs=OPTIONS,
+                           label_map={name: i for i, name in enumerate(CLASSES)}, clip=clip, test_top1=0.5,
+                           global_step=1)
     return uri, model
 
 

@@ -17,7 +17,7 @@ import fsspec
 import pytest
 
 from octvideo.data import write_synthetic_kinetics
-from octvideo.train.registry import CANDIDATE, CHAMPION, TOP1_TAG
+from octvideo.train.model_registry import CANDIDATE, CHAMPION, TOP1_TAG
 from tests.jobs import (
     STEPS_PER_EPOCH, checkpoint_registered, experiment, stack_with_tiny_data, step_history, submit, tracked_run,
     training_workers, wait_for, worker_starts, write_config,

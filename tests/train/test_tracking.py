@@ -23,7 +23,7 @@ from octvideo.models import build_model
 from octvideo.train.config import ClipConfig, parse_config
 from octvideo.train.evaluate import confusion_matrix
 from octvideo.train.plots import plot_confusion_matrix, plot_per_class_accuracy, plot_training_curves
-from octvideo.train.registry import CANDIDATE, CHAMPION, register_model
+from octvideo.train.model_registry import CANDIDATE, CHAMPION, register_trained_model
 from octvideo.train.tracking import (
     MLflowTracker,
     NullTracker,
@@ -291,7 +291,7 @@ def test_registry_aliases_follow_test_top1(sqlite_uri):
 
     def register(top1: float, step: int):
         model = build_model("oct_i3d_r18", width=8, num_classes=4)
-        return register_model(
+        return register_trained_model(
             model, tracking_uri=sqlite_uri, registered_name="toy", run_id=run_id,
             build_kwargs={"width": 8, "num_classes": 4}, label_map=dict(zip("abcd", range(4))), clip=clip,
             test_top1=top1, global_step=step,

@@ -22,7 +22,7 @@ from octvideo.train.config import ClipConfig
 if TYPE_CHECKING:  # imported where used: reading the registry (octvideo predict) needs no torch
     from torch import nn
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 CANDIDATE, CHAMPION = "candidate", "champion"
 TOP1_TAG = "octvideo.test_top1"
@@ -78,7 +78,7 @@ def _signature_and_example(model: nn.Module, clip: ClipConfig) -> tuple:
     return signature, example
 
 
-def register_model(
+def register_trained_model(
     model: nn.Module,
     *,
     tracking_uri: str,
@@ -107,7 +107,7 @@ def register_model(
     client = MlflowClient(tracking_uri)
     for existing in client.search_model_versions(f"name = '{registered_name}' and run_id = '{run_id}'"):
         if existing.tags.get(STEP_TAG) == str(global_step):
-            log.info("%s version %s already holds run %s at step %d", registered_name, existing.version, run_id, global_step)
+            logger.info("%s version %s already holds run %s at step %d", registered_name, existing.version, run_id, global_step)
             aliases = client.get_model_version(registered_name, existing.version).aliases  # search leaves them out
             return Registration(
                 registered_name, str(existing.version), float(existing.tags[TOP1_TAG]), list(aliases),
@@ -133,9 +133,9 @@ def register_model(
     if previous is None or previous_top1 is None or test_top1 > previous_top1:
         client.set_registered_model_alias(registered_name, CHAMPION, version)
         aliases.append(CHAMPION)
-        log.info("%s version %s (test top-1 %.4f) is the new champion", registered_name, version, test_top1)
+        logger.info("%s version %s (test top-1 %.4f) is the new champion", registered_name, version, test_top1)
     else:
-        log.info(
+        logger.info(
             "%s version %s (test top-1 %.4f) stays candidate: champion %s has %.4f",
             registered_name, version, test_top1, previous, previous_top1,
         )
@@ -157,4 +157,4 @@ def _champion(client: Any, name: str) -> tuple[Optional[str], Optional[float]]:
     return str(version.version), None if top1 is None else float(top1)
 
 
-__all__ = ["CANDIDATE", "CHAMPION", "Registration", "STEP_TAG", "TOP1_TAG", "model_metadata", "register_model"]
+__all__ = ["CANDIDATE", "CHAMPION", "Registration", "STEP_TAG", "TOP1_TAG", "model_metadata", "register_trained_model"]
