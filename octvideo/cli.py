@@ -8,18 +8,14 @@ or ``predict`` cannot read one; 2 for a usage error (one line on stderr).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
-import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING, Any, Optional, Sequence, TypeVar
+from typing import Any, Optional, Sequence
 
-if TYPE_CHECKING:
-    from octvideo.data.prepare import PrepareSettings
-
-T = TypeVar("T")
+from octvideo.data.prepare_command import add_prepare_arguments, run_prepare_command
+from octvideo.data.storage_options import add_storage_option_argument, merge_storage_options
+from octvideo.progress import progress
 
 
 class _Parser(argparse.ArgumentParser):
@@ -61,32 +57,6 @@ def _run_profile(args: argparse.Namespace) -> int:
     return 0
 
 
-def storage_option(text: str) -> dict[str, Any]:
-    """``key=value`` -> ``{key: value}``: the value is JSON when it parses (numbers, booleans,
-    objects), else a string; dots in the key nest (``client_kwargs.endpoint_url=http://...``)."""
-    key, sep, raw = text.partition("=")
-    if not sep or not key or any(not part for part in key.split(".")):
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE such as anon=true, got {text!r}")
-    try:
-        value: Any = json.loads(raw)
-    except json.JSONDecodeError:
-        value = raw
-    for part in reversed(key.split(".")):
-        value = {part: value}
-    return value
-
-
-def storage_options(pairs: Iterable[dict[str, Any]] | None) -> dict[str, Any]:
-    """Merge parsed ``--storage-option`` values (later ones win, nested keys merged)."""
-    merged: dict[str, Any] = {}
-    for pair in pairs or ():
-        target, (key, value) = merged, next(iter(pair.items()))
-        while isinstance(value, dict) and len(value) == 1 and isinstance(target.get(key), dict):
-            target, (key, value) = target[key], next(iter(value.items()))
-        target[key] = value
-    return merged
-
-
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -97,21 +67,12 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _add_storage_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--storage-option", dest="storage_options", action="append", type=storage_option,
-        metavar="KEY=VALUE",
-        help="fsspec storage option, repeatable (JSON values; dots nest: client_kwargs.endpoint_url="
-        "http://...); credentials otherwise come from the environment (AWS_* for s3://)",
-    )
-
-
 def _add_manifest(p: argparse.ArgumentParser) -> None:
     p.add_argument("manifest", metavar="MANIFEST", help="Kinetics CSV, 'path label' list or class-folder tree")
     p.add_argument("--root", help="the folder the manifest's paths start from (default: its folder)")
     p.add_argument("--split", help="keep one split (train, val, test) of a Kinetics CSV or tree")
     p.add_argument("--workers", type=_positive_int, default=None, help="threads (default: cores + 4, at most 32)")
-    _add_storage_options(p)
+    add_storage_option_argument(p)
 
 
 def _add_data(sub: argparse._SubParsersAction) -> None:
@@ -132,7 +93,7 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--val-fraction", type=float, default=0.15)
     p.add_argument("--test-fraction", type=float, default=0.15)
     p.add_argument("--workers", type=_positive_int, default=1, help="encoding processes")
-    _add_storage_options(p)
+    add_storage_option_argument(p)
     p.set_defaults(run=_run_synth)
 
     p = commands.add_parser(
@@ -161,61 +122,6 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=_run_prepare)
 
 
-def add_prepare_arguments(p: argparse.ArgumentParser) -> None:
-    """The arguments of ``data prepare`` but ``--workers``, shared with ``pipelines/prepare_kinetics.py``."""
-    p.add_argument("src_url", metavar="SRC_URL", help="folder of raw videos, or a manifest (CSV or list)")
-    p.add_argument("dst_url", metavar="DST_URL", help="output folder (mirrors SRC_URL's tree)")
-    p.add_argument("--root", help="with a manifest SRC_URL: the folder its paths start from")
-    p.add_argument("--short-side", type=int, default=320, help="pixels, even (default 320)")
-    keyframes = p.add_mutually_exclusive_group()
-    keyframes.add_argument("--gop", type=int, default=None, help="keyframe every GOP frames (default 30; 1: all-intra)")
-    keyframes.add_argument("--keyframe-interval-sec", type=float, default=None, help="keyframe every this many seconds")
-    p.add_argument("--crf", type=int, default=23, help="x264 quality, 0..51, lower is better (default 23)")
-    p.add_argument("--preset", default="veryfast", help="x264 preset (default veryfast)")
-    p.add_argument("--report", metavar="OUT", help="write the failures to OUT (.json or .csv, any fsspec URL)")
-    p.add_argument("--strict", action="store_true", help="exit status 1 when any video failed")
-    _add_storage_options(p)
-    p.add_argument(
-        "--dst-storage-option", dest="dst_storage_options", action="append", type=storage_option,
-        metavar="KEY=VALUE", help="storage option for DST_URL on another store (default: --storage-option's)",
-    )
-
-
-def prepare_settings(args: argparse.Namespace) -> PrepareSettings:
-    """The PrepareSettings named by parsed :func:`add_prepare_arguments` arguments."""
-    from octvideo.data.prepare import PrepareSettings
-
-    gop = args.gop if args.gop is not None or args.keyframe_interval_sec is not None else 30
-    return PrepareSettings(args.short_side, gop, args.keyframe_interval_sec, args.crf, args.preset)
-
-
-def prepare_storage_options(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """(source, destination) storage options of parsed :func:`add_prepare_arguments` arguments."""
-    dst = storage_options(args.dst_storage_options) if args.dst_storage_options else None
-    return storage_options(args.storage_options), dst
-
-
-PROGRESS_LOG_SEC = 10.0
-
-
-def _progress(items: Iterable[T], total: int, description: str) -> Iterator[T]:
-    """A progress bar on stderr while ``items`` are consumed; when stderr is not a terminal
-    (a Ray job's log, CI), a log line every ``PROGRESS_LOG_SEC`` instead."""
-    from rich.console import Console
-    from rich.progress import track
-
-    console = Console(stderr=True)
-    if console.is_terminal:
-        yield from track(items, description, total=total, console=console, transient=True)
-        return
-    last = time.monotonic()
-    for done, item in enumerate(items, start=1):
-        yield item
-        if time.monotonic() - last >= PROGRESS_LOG_SEC:
-            last = time.monotonic()
-            logging.getLogger("octvideo").info("%s: %d/%d", description, done, total)
-
-
 def _counts(counter: Counter) -> str:
     """``3 truncated, 1 empty``: most frequent first, ties by name."""
     return ", ".join(f"{n} {key}" for key, n in sorted(counter.items(), key=lambda item: (-item[1], item[0])))
@@ -229,7 +135,7 @@ def _run_synth(args: argparse.Namespace) -> int:
         args.out_url, classes, args.videos_per_class, args.seed,
         duration=args.duration, fps=args.fps, width=args.width, height=args.height, gop=args.gop,
         val_fraction=args.val_fraction, test_fraction=args.test_fraction, workers=args.workers,
-        storage_options=storage_options(args.storage_options),
+        storage_options=merge_storage_options(args.storage_options),
     )
     splits = ", ".join(f"{n} {split}" for split, n in counts.items())
     print(f"wrote {sum(counts.values())} videos to {args.out_url}: {splits}")
@@ -241,7 +147,7 @@ def _video_urls(args: argparse.Namespace) -> list[str]:
     from octvideo.data.storage import storage_error_message, storage_errors
 
     try:
-        manifest = load_manifest(args.manifest, args.root, args.split, storage_options(args.storage_options))
+        manifest = load_manifest(args.manifest, args.root, args.split, merge_storage_options(args.storage_options))
     except storage_errors() as err:  # no credentials, no endpoint, access denied: name the manifest
         raise ValueError(storage_error_message(args.manifest, err)) from None
     return [entry.url for entry in manifest]
@@ -250,11 +156,11 @@ def _video_urls(args: argparse.Namespace) -> list[str]:
 def _run_check(args: argparse.Namespace) -> int:
     from octvideo.data.inspect import CHECK_COLUMNS, check_failures, check_videos, report_format, write_report
 
-    options = storage_options(args.storage_options)
+    options = merge_storage_options(args.storage_options)
     if args.report:  # a bad report name fails before the scan, not after it
         report_format(args.report)
     urls = _video_urls(args)
-    results = list(_progress(check_videos(urls, options, full=args.full, workers=args.workers), len(urls), "checking"))
+    results = list(progress(check_videos(urls, options, full=args.full, workers=args.workers), len(urls), "checking"))
     failures = check_failures(results)
     reasons = Counter(row["reason"] for row in failures)
     summary = f"{len(results)} checked ({'full' if args.full else 'quick'}), {len(failures)} bad"
@@ -278,8 +184,8 @@ def _run_stats(args: argparse.Namespace) -> int:
     from octvideo.data.inspect import probe_videos, summarize
 
     urls = _video_urls(args)
-    probes = probe_videos(urls, storage_options(args.storage_options), workers=args.workers)
-    results = list(_progress(probes, len(urls), "probing"))
+    probes = probe_videos(urls, merge_storage_options(args.storage_options), workers=args.workers)
+    results = list(progress(probes, len(urls), "probing"))
     table = Table(title=f"{args.manifest}: {len(results)} videos")
     for column in ("", "count", "min", "median", "max", "most common (videos)"):
         table.add_column(column, justify="left" if column in ("", "most common (videos)") else "right")
@@ -307,30 +213,6 @@ def _run_prepare(args: argparse.Namespace) -> int:
     return run_prepare_command(args, on_ray=False)
 
 
-def run_prepare_command(args: argparse.Namespace, on_ray: bool) -> int:
-    """``data prepare`` on this machine, or (``on_ray``) across a Ray cluster: plan, run, report."""
-    from octvideo.data.inspect import report_format, write_report
-    from octvideo.data.prepare import PREPARE_COLUMNS, PrepareSummary, plan_prepare, run_prepare
-
-    settings = prepare_settings(args)
-    if args.report:
-        report_format(args.report)
-    options, dst_options = prepare_storage_options(args)
-    started = time.monotonic()
-    plan = plan_prepare(args.src_url, args.dst_url, settings, options, dst_options, root=args.root)
-    summary = PrepareSummary()
-    results = run_prepare(plan, options, dst_options, workers=getattr(args, "workers", None), on_ray=on_ray)
-    for result in _progress(results, len(plan.tasks) + len(plan.finished), "preparing"):
-        summary.add(result)
-    rows = summary.failure_rows()
-    for row in rows:
-        print(f"{row['src']}: {row['reason']} ({row['detail']})")
-    if args.report:
-        write_report(rows, PREPARE_COLUMNS, args.report, dst_options or options, summary=summary.totals())
-    print(summary.line(time.monotonic() - started))
-    return 1 if summary.failed and args.strict else 0
-
-
 def _add_predict(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "predict", help="top-5 classes of videos with a registered model",
@@ -350,7 +232,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
         help="compile the network (torch.compile, Inductor, freezing): the first video waits for the "
         "compilation (tens of seconds), the others run faster (1.25-1.4x for Oct-I3D-R50 at batch 1 on a CPU)",
     )
-    _add_storage_options(p)
+    add_storage_option_argument(p)
     p.set_defaults(run=_run_predict)
 
 
@@ -362,7 +244,7 @@ def _run_predict(args: argparse.Namespace) -> int:
         loaded.model = compiled_for_inference(loaded.model)
     from octvideo.data import VideoDecodeError  # torch and the data path: once there is a model to run
 
-    options = storage_options(args.storage_options)
+    options = merge_storage_options(args.storage_options)
     failed = 0
     for url in args.videos:
         try:

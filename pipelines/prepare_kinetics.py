@@ -16,7 +16,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from octvideo.cli import add_prepare_arguments, run_prepare_command
+from octvideo.data.prepare_command import add_prepare_arguments, run_prepare_command
 
 
 def main(argv: Sequence[str] | None = None) -> int:

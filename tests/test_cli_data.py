@@ -11,7 +11,8 @@ from pathlib import Path
 import fsspec
 import pytest
 
-from octvideo.cli import main, storage_option, storage_options
+from octvideo.cli import main
+from octvideo.data.storage_options import merge_storage_options, parse_storage_option
 from tests.data.videos import HTML_ERROR_PAGE, truncated, write_bytes
 
 SMALL = ["--duration", "1", "--fps", "10", "--width", "64", "--height", "48", "--gop", "5"]
@@ -99,13 +100,13 @@ def test_prepare_prints_a_summary_and_resumes(dataset, tmp_path, capsys):
 
 def test_storage_options_parse_json_and_nest():
     pairs = [
-        storage_option("anon=true"),
-        storage_option("client_kwargs.endpoint_url=http://127.0.0.1:9000"),
-        storage_option("client_kwargs.region_name=eu-west-1"),
-        storage_option("default_block_size=1048576"),
-        storage_option("profile=my profile"),
+        parse_storage_option("anon=true"),
+        parse_storage_option("client_kwargs.endpoint_url=http://127.0.0.1:9000"),
+        parse_storage_option("client_kwargs.region_name=eu-west-1"),
+        parse_storage_option("default_block_size=1048576"),
+        parse_storage_option("profile=my profile"),
     ]
-    assert storage_options(pairs) == {
+    assert merge_storage_options(pairs) == {
         "anon": True,
         "client_kwargs": {"endpoint_url": "http://127.0.0.1:9000", "region_name": "eu-west-1"},
         "default_block_size": 1048576,

@@ -23,7 +23,6 @@ _MODULE_OF = {
     "ShardSampler": "dataset",
     "TooManyBadVideos": "dataset",
     "collate": "dataset",
-    "VideoDecodeError": "decode",
     "VideoInfo": "decode",
     "VideoReader": "decode",
     "decode_clip": "decode",
@@ -54,6 +53,7 @@ _MODULE_OF = {
     "write_synthetic_kinetics": "synthetic",
     "EvalTransform": "transforms",
     "TrainTransform": "transforms",
+    "VideoDecodeError": "video_errors",
 }
 
 __all__ = sorted(_MODULE_OF)

@@ -37,15 +37,15 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
-from octvideo.data.decode import DEFAULT_TIMEOUT_SEC, VideoDecodeError, VideoReader
+from octvideo.data.decode import DEFAULT_TIMEOUT_SEC, VideoReader
 from octvideo.data.fetch import VideoFetcher
 from octvideo.data.manifest import Manifest, load_manifest
 from octvideo.data.sampling import ClipPlan, ClipSpec, Mode, multiview_plans, train_plan, val_plan
 from octvideo.data.storage import (
-    DEFAULT_RETRY, NO_RETRY, RetryPolicy, StorageUnavailable, bounded_storage_options, is_transient, retry_call,
-    retry_storage_call,
+    DEFAULT_RETRY, NO_RETRY, RetryPolicy, StorageUnavailable, bounded_storage_options, retry_call, retry_storage_call,
 )
 from octvideo.data.transforms import EvalTransform, TrainTransform
+from octvideo.data.video_errors import VideoDecodeError, is_storage_hiccup
 
 logger = logging.getLogger(__name__)
 
@@ -193,7 +193,7 @@ class KineticsDataset(Dataset):
             try:
                 clip, plan = self._view(video, view, item_key)
             except VideoDecodeError as error:
-                if _storage_hiccup(error):  # retried for as long as self.retry allows: not the video's fault
+                if is_storage_hiccup(error):  # retried for as long as self.retry allows: not the video's fault
                     raise StorageUnavailable.after(f"reading {self.manifest[video].url}", self.retry.max_total_sec, error) from error
                 bad = BadVideo(video, self.manifest[video].url, error.reason, str(error))
                 logger.debug("item %d: video %d is unreadable: %s", index, video, bad.message)
@@ -324,7 +324,7 @@ class KineticsDataset(Dataset):
                 )
             return plans, clips
 
-        return retry_call(attempt, self.retry, retryable=_storage_hiccup, what=f"reading {url}")
+        return retry_call(attempt, self.retry, retryable=is_storage_hiccup, what=f"reading {url}")
 
 
 class ShardSampler(Sampler[tuple[int, int]]):
@@ -545,10 +545,6 @@ def _rng(*key: int) -> torch.Generator:
 
 def _index(key: int | tuple[int, int]) -> int:
     return key[1] if isinstance(key, tuple) else key
-
-
-def _storage_hiccup(exc: BaseException) -> bool:
-    return isinstance(exc, VideoDecodeError) and is_transient(exc.__cause__)
 
 
 def _examples(reports: Iterable[BadVideo], limit: int = 5) -> str:

@@ -7,8 +7,9 @@ time). Times are seconds from the first frame of the video stream, so variable f
 25 / 29.97 fps sources are sampled by time, not by frame count. A clip that runs past the end of
 the video repeats the last frame.
 
-Every failure caused by the video or its storage raises :class:`VideoDecodeError`; bad
-arguments and unknown URL protocols raise ValueError.
+Every failure caused by the video or its storage raises
+:class:`~octvideo.data.video_errors.VideoDecodeError`; bad arguments and unknown URL protocols
+raise ValueError.
 """
 
 from __future__ import annotations
@@ -28,15 +29,9 @@ import av.video.reformatter
 import numpy as np
 import torch
 
-from octvideo.data.storage import (
-    DEFAULT_RETRY,
-    NO_RETRY,
-    RetryPolicy,
-    http_status,
-    is_transient,
-    open_url,
-    retry_call,
-)
+from octvideo.data.seek_planner import SeekPlanner
+from octvideo.data.storage import DEFAULT_RETRY, NO_RETRY, RetryPolicy, open_url, retry_call
+from octvideo.data.video_errors import VideoDecodeError, classify, is_storage_hiccup
 
 logger = logging.getLogger(__name__)
 
@@ -44,51 +39,18 @@ VideoSource = str | os.PathLike[str] | IO[bytes]
 
 DEFAULT_TIMEOUT_SEC = 60.0
 # How read_clips chooses between decoding forward and seeking: "auto" weighs the two with the
-# container's index where it lists every frame (see _SeekPlanner), "window" always uses the
-# SEEK_GAP_SEC rule.
+# container's index where it lists every frame (see octvideo.data.seek_planner), "window"
+# always uses the SEEK_GAP_SEC rule.
 Strategy = Literal["auto", "window"]
 STRATEGIES: tuple[Strategy, ...] = ("auto", "window")
 # Without an index, decoding forward through this much video is assumed cheaper than a seek,
 # which restarts decoding at a keyframe that can lie up to a GOP (often 2-5 s) before the target.
 SEEK_GAP_SEC = 1.0
-# The cost model of _SeekPlanner, in bytes of compressed video: decoding a frame costs about its
-# packet's bytes plus one byte per _PIXELS_PER_BYTE pixels (FFmpeg's H.264 decoder on one core at
-# 568x320: 0.1 ms + 0.08 ms per KiB), and a seek about _SEEK_FRAMES frames' fixed part.
-_PIXELS_PER_BYTE = 100
-_SEEK_FRAMES = 2
 # Slack for float round-off when comparing a wanted time with a frame timestamp, on top of
 # half a tick of the stream's time base (see _FrameCursor.slack).
 _TIME_EPS = 1e-6
 # A stream ending this long before its declared duration is treated as cut short.
 _TRUNCATION_SLACK_SEC = 0.5
-
-_ADVICE = {
-    "not found": "check the path or URL, and the credentials / storage_options for that store",
-    "empty": "download or copy it again",
-    "not a video": "download it again (the server may have sent an error page) or drop it",
-    "no video stream": "drop it from the dataset",
-    "truncated": "download or copy it again (the last transfer was probably interrupted)",
-    "corrupt": "download it again or re-encode it",
-    "unsupported codec": "re-encode it (e.g. to H.264 or VP9) or use an FFmpeg with its decoder",
-    "timeout": "check the network and the storage endpoint, or raise timeout_sec",
-}
-REASONS = frozenset(_ADVICE)
-
-
-class VideoDecodeError(RuntimeError):
-    """A video could not be read: ``reason`` (one of :data:`REASONS`) says why, ``source`` names
-    the video, ``detail`` gives the underlying error."""
-
-    def __init__(self, source: str, reason: str, detail: str = "") -> None:
-        if reason not in _ADVICE:
-            raise ValueError(f"unknown reason {reason!r}; use one of {sorted(REASONS)}")
-        self.source, self.reason, self.detail = source, reason, detail
-        what = f"{reason} ({detail})" if detail else reason
-        super().__init__(f"{source}: {what}; {_ADVICE[reason]}")
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # Keeps the type when pickled across DataLoader worker / Ray process boundaries.
-        return type(self), (self.source, self.reason, self.detail)
 
 
 @dataclass(frozen=True)
@@ -211,7 +173,7 @@ class VideoReader:
             for i in range(num_frames)
         )
         with self._errors():
-            planner = _SeekPlanner.of(self.stream) if strategy == "auto" else None
+            planner = SeekPlanner.of(self.stream) if strategy == "auto" else None
             cursor = _FrameCursor(self, time.monotonic() + timeout_sec, planner)
             # One scaler for the whole call, single-threaded: creating a threaded swscale context
             # per frame costs milliseconds, far more than converting a video frame.
@@ -236,6 +198,34 @@ class VideoReader:
             "seeks planned by the frame index" if planner else "seeks across long gaps only",
         )
         return [torch.from_numpy(clip) for clip in clips]
+
+    @property
+    def at_start(self) -> bool:
+        """Whether nothing has been read since the container was (re)opened: decoding from the
+        first frame then needs neither a seek nor a reopen."""
+        return self._at_start
+
+    def seek(self, pts: int) -> None:
+        """Move the stream to the keyframe at or before ``pts`` (in the stream's time base), from
+        which :meth:`frames` then decodes. Raises av.error.FFmpegError where the container cannot
+        seek; :meth:`frames_from_start` still works after that."""
+        self._require_open()
+        self._at_start = False
+        self._container.seek(pts, backward=True, any_frame=False, stream=self.stream)
+
+    def frames(self) -> Iterator[av.VideoFrame]:
+        """The stream's frames, decoded from where the container stands (see :meth:`seek`)."""
+        self._require_open()
+        self._at_start = False
+        return self._container.decode(self.stream)
+
+    def frames_from_start(self) -> Iterator[av.VideoFrame]:
+        """The stream's frames from the first one: the container is reopened unless nothing
+        has been read from it yet."""
+        self._require_open()
+        if not self._at_start:
+            self._open_container()
+        return self.frames()
 
     def _require_open(self) -> None:
         if self._container is None:
@@ -293,67 +283,20 @@ class VideoReader:
         except VideoDecodeError:
             raise
         except Exception as exc:
-            failure = _classify(exc, self._file, opening)
+            failure = classify(exc, self._file, opening)
             if failure is None:
                 raise
             raise VideoDecodeError(self.name, *failure) from exc
 
 
-class _SeekPlanner:
-    """Tells, from the container's index of every frame, whether seeking to the keyframe before a
-    wanted time costs less than decoding forward to it.
-
-    Both ways end up decoding the frames from that keyframe to the wanted one, so a seek pays
-    when the frames between the one decoded last and that keyframe cost more to decode than a
-    seek (the cost model by :data:`_PIXELS_PER_BYTE`). So all-intra videos seek to each kept
-    frame, long keyframe intervals decode a clip's window forward, and short ones do either per
-    kept frame, depending on where it lies in its GOP. Index entries are in decoding order,
-    timed by decoding timestamp; a time is mapped to an entry by the offset of the first entry
-    from the stream's start, which is exact for constant frame rates. The estimate only steers
-    the choice: which frame is kept never depends on it.
-    """
-
-    def __init__(self, stream: av.video.stream.VideoStream) -> None:
-        self.entries = stream.index_entries
-        self.time_base = stream.time_base
-        self.first_tick = self.entries[0].timestamp
-        context = stream.codec_context
-        self.frame_bytes = context.width * context.height / _PIXELS_PER_BYTE
-        self.seek_bytes = _SEEK_FRAMES * self.frame_bytes
-
-    @classmethod
-    def of(cls, stream: av.video.stream.VideoStream) -> _SeekPlanner | None:
-        """A planner where the index lists every frame (MP4 / MOV read it with the header); None
-        where it lists keyframes only (Matroska cues) or nothing (MPEG-TS, raw streams)."""
-        if stream.start_time is None or not 0 < stream.frames <= len(stream.index_entries):
-            return None
-        return cls(stream)
-
-    def seek_pays(self, after: float | None, t: float) -> bool:
-        """Whether to seek for ``t`` rather than decode forward from the frame shown at
-        ``after`` (None: from the first frame, nothing decoded yet)."""
-        keyframe = self._entry_at(t, any_frame=False)
-        first = 0 if after is None else self._entry_at(after, any_frame=True) + 1
-        saved = 0.0
-        for entry in range(keyframe - 1, first - 1, -1):
-            saved += self.entries[entry].size + self.frame_bytes
-            if saved > self.seek_bytes:
-                return True
-        return False
-
-    def _entry_at(self, t: float, any_frame: bool) -> int:
-        """The entry of the frame (or keyframe) shown at ``t`` seconds from the first frame."""
-        tick = self.first_tick + round(t / self.time_base)
-        return max(0, self.entries.search_timestamp(tick, backward=True, any_frame=any_frame))
-
-
 class _FrameCursor:
     """Walks the decoded frames of a reader's stream in presentation order, answering
     :meth:`frame_at` for non-decreasing times. ``planner`` decides when to seek; without one,
-    gaps longer than :data:`SEEK_GAP_SEC` are sought across."""
+    gaps longer than :data:`SEEK_GAP_SEC` are sought across. Of the reader it uses ``name``,
+    ``stream``, ``at_start``, :meth:`~VideoReader.seek` and the ``frames`` methods."""
 
     def __init__(
-        self, reader: VideoReader, deadline: float, planner: _SeekPlanner | None = None
+        self, reader: VideoReader, deadline: float, planner: SeekPlanner | None = None
     ) -> None:
         self.reader, self.deadline, self.planner = reader, deadline, planner
         stream = reader.stream
@@ -375,10 +318,10 @@ class _FrameCursor:
     def frame_at(self, t: float) -> av.VideoFrame:
         """The last frame shown at or before ``t`` (the first frame if ``t`` precedes it)."""
         if self.frames is None:
-            if self.seekable and (not self.reader._at_start or self._seek_pays(None, t)):
+            if self.seekable and (not self.reader.at_start or self._seek_pays(None, t)):
                 self._seek(t)
             else:
-                self._restart(reopen=not self.reader._at_start)
+                self._restart(from_start=True)
         elif (
             self.seekable
             and self.next is not None
@@ -399,11 +342,8 @@ class _FrameCursor:
             return self.planner.seek_pays(after, t)
         return t - (after or 0.0) > SEEK_GAP_SEC
 
-    def _restart(self, reopen: bool) -> None:
-        if reopen:
-            self.reader._open_container()
-        self.reader._at_start = False
-        self.frames = self.reader._container.decode(self.reader.stream)
+    def _restart(self, from_start: bool) -> None:
+        self.frames = self.reader.frames_from_start() if from_start else self.reader.frames()
         self.current = self.next = self.current_time = self.next_time = None
         self._step()
 
@@ -416,17 +356,17 @@ class _FrameCursor:
         # To the frame shown at t, not the one before it when t is a hair below its timestamp.
         target = self.start_pts + math.floor((t + self.slack) / self.time_base)
         try:
-            reader._container.seek(target, backward=True, any_frame=False, stream=reader.stream)
+            reader.seek(target)
         except av.error.FFmpegError as exc:
             logger.debug("%s: cannot seek (%s); decoding from the start", reader.name, exc)
             self.seekable = False
-            self._restart(reopen=True)
+            self._restart(from_start=True)
             return
-        self._restart(reopen=False)
+        self._restart(from_start=False)
         if self.next is None or self.next.pts is None or self.next_time > t + self.slack:
             logger.debug("%s: seek to %.3fs missed; decoding from the start", reader.name, t)
             self.seekable = False
-            self._restart(reopen=True)
+            self._restart(from_start=True)
 
     def _step(self) -> None:
         _check_deadline(self.deadline, self.reader.name)
@@ -484,7 +424,7 @@ def decode_clips(
             )
 
     return retry_call(
-        attempt, retry, retryable=_storage_hiccup, what=f"decoding {_source_name(source)}"
+        attempt, retry, retryable=is_storage_hiccup, what=f"decoding {_source_name(source)}"
     )
 
 
@@ -523,12 +463,8 @@ def probe_video(
             return video.info(timeout_sec)
 
     return retry_call(
-        attempt, retry, retryable=_storage_hiccup, what=f"probing {_source_name(source)}"
+        attempt, retry, retryable=is_storage_hiccup, what=f"probing {_source_name(source)}"
     )
-
-
-def _storage_hiccup(exc: BaseException) -> bool:
-    return isinstance(exc, VideoDecodeError) and is_transient(exc.__cause__)
 
 
 def _source_name(source: VideoSource) -> str:
@@ -576,82 +512,3 @@ def _output_size(width: int, height: int, short_side: int | None) -> tuple[int, 
 def _check_deadline(deadline: float, name: str) -> None:
     if time.monotonic() > deadline:
         raise VideoDecodeError(name, "timeout", "decoding exceeded its time limit (timeout_sec)")
-
-
-def _classify(exc: Exception, file: IO[bytes] | None, opening: bool) -> tuple[str, str] | None:
-    """(reason, detail) for an error raised while reading a video; None for programming errors."""
-    detail = f"{type(exc).__name__}: {exc}"
-    if isinstance(exc, (TimeoutError, av.error.ExitError)):
-        return "timeout", detail
-    if isinstance(exc, (av.error.DecoderNotFoundError, av.error.PatchWelcomeError)):
-        return "unsupported codec", detail
-    if isinstance(exc, (FileNotFoundError, IsADirectoryError, NotADirectoryError)):
-        return "not found", detail
-    if isinstance(exc, PermissionError) and not isinstance(exc, av.error.FFmpegError):
-        return "not found", f"access denied: {detail}"
-    if is_transient(exc):
-        return "timeout", f"storage kept failing: {detail}"
-    if http_status(exc) is not None:  # 4xx from an HTTP store: missing, forbidden, bad request
-        return "not found", f"HTTP {http_status(exc)}: {detail}"
-    if isinstance(exc, (av.error.FFmpegError, EOFError)):
-        return _diagnose_bytes(file, ("not a video" if opening else "corrupt", detail), opening)
-    if isinstance(exc, OSError):  # the file object refused a read or seek FFmpeg asked for
-        return _diagnose_bytes(file, ("not found", f"cannot read it: {detail}"), opening)
-    return None
-
-
-# Types of the boxes an MP4 / MOV file starts with, found at byte 4.
-_MP4_FIRST_BOXES = (b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide")
-# Leading bytes of the containers FFmpeg reads video from: (offset, magic).
-_CONTAINER_MAGIC = (
-    *((4, box) for box in _MP4_FIRST_BOXES),
-    (0, b"\x1a\x45\xdf\xa3"),  # Matroska / WebM
-    (0, b"RIFF"),  # AVI
-    (0, b"FLV"),
-    (0, b"OggS"),
-    (0, b"\x00\x00\x01\xba"),  # MPEG program stream
-    (0, b"\x00\x00\x00\x01"),  # H.264 / HEVC elementary stream
-)
-
-
-def _diagnose_bytes(
-    file: IO[bytes] | None, fallback: tuple[str, str], opening: bool
-) -> tuple[str, str]:
-    """Tell empty, not-a-video and truncated files apart by their bytes; else ``fallback``."""
-    if file is None or file.closed or not file.seekable():
-        return fallback
-    try:
-        size = file.seek(0, os.SEEK_END)
-        if size == 0:
-            return "empty", "the file has 0 bytes"
-        file.seek(0)
-        head = file.read(512)
-        if head[4:8] in _MP4_FIRST_BOXES and _iso_boxes_truncated(file, size):
-            return "truncated", f"its MP4 boxes need more than its {size} bytes, or it has no index"
-    except OSError:
-        return fallback
-    is_ts = head[:1] == b"\x47" and head[188:189] in (b"", b"\x47")
-    if opening and not is_ts and not any(head[o : o + len(m)] == m for o, m in _CONTAINER_MAGIC):
-        looks = "an HTML/XML page" if head.lstrip()[:1] == b"<" else "no known video format"
-        return "not a video", f"{size} bytes that look like {looks}, starting {head[:24]!r}"
-    return fallback
-
-
-def _iso_boxes_truncated(file: IO[bytes], size: int) -> bool:
-    """Whether the top-level MP4 boxes run past the end of the file, or the index box is missing."""
-    offset, kinds = 0, set()
-    for _ in range(10_000):  # real files have a handful of top-level boxes
-        if offset + 8 > size:
-            break
-        file.seek(offset)
-        header = file.read(16)
-        box_size, kind = int.from_bytes(header[:4], "big"), header[4:8]
-        kinds.add(kind)
-        if box_size == 1:  # 64-bit size follows the type
-            box_size = int.from_bytes(header[8:16], "big")
-        elif box_size == 0:  # box runs to the end of the file
-            box_size = size - offset
-        if box_size < 8:
-            return False  # garbage rather than a cut
-        offset += box_size
-    return offset > size or b"moov" not in kinds

@@ -31,14 +31,9 @@ from typing import Any, TypeVar
 
 import fsspec
 
-from octvideo.data.decode import (
-    DEFAULT_TIMEOUT_SEC,
-    VideoDecodeError,
-    VideoInfo,
-    VideoReader,
-    probe_video,
-)
-from octvideo.data.storage import DEFAULT_RETRY, NO_RETRY, RetryPolicy, is_transient, retry_call
+from octvideo.data.decode import DEFAULT_TIMEOUT_SEC, VideoInfo, VideoReader, probe_video
+from octvideo.data.storage import DEFAULT_RETRY, NO_RETRY, RetryPolicy, retry_call
+from octvideo.data.video_errors import VideoDecodeError, is_storage_hiccup
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +77,7 @@ def scan(fn: Callable[[T], R], items: Iterable[T], workers: int | None = None) -
 @dataclass(frozen=True)
 class CheckResult:
     """The outcome of checking one video: ``reason`` is None when it is readable, else one of
-    :data:`~octvideo.data.decode.REASONS`; ``detail`` is the underlying error."""
+    :data:`~octvideo.data.video_errors.REASONS`; ``detail`` is the underlying error."""
 
     url: str
     reason: str | None = None
@@ -127,7 +122,7 @@ def check_video(
         retry_call(
             attempt,
             retry,
-            retryable=lambda exc: isinstance(exc, VideoDecodeError) and is_transient(exc.__cause__),
+            retryable=is_storage_hiccup,
             what=f"checking {url}",
         )
     except VideoDecodeError as error:

@@ -16,7 +16,7 @@ name (``x.mp4.partial`` next to a local destination, a local temporary file for 
 and only renamed or uploaded to its final name once complete, so a destination video that exists
 is finished and is skipped by the next run. The settings are recorded in
 :data:`SETTINGS_NAME` in the destination and a run with other settings is refused.
-Broken inputs fail with their reason (see :class:`~octvideo.data.decode.VideoDecodeError`);
+Broken inputs fail with their reason (see :class:`~octvideo.data.video_errors.VideoDecodeError`);
 other videos carry on.
 """
 
@@ -41,10 +41,11 @@ from av.video.frame import PictureType
 from fsspec.core import strip_protocol, url_to_fs
 from fsspec.implementations.local import LocalFileSystem
 
-from octvideo.data.decode import VideoDecodeError, VideoReader
+from octvideo.data.decode import VideoReader
 from octvideo.data.inspect import check_video, scan
 from octvideo.data.manifest import LABEL_MAP_NAME, VIDEO_EXTENSIONS, load_manifest
 from octvideo.data.storage import NO_RETRY, is_transient, retry_call
+from octvideo.data.video_errors import VideoDecodeError
 
 logger = logging.getLogger(__name__)
 
