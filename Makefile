@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: test test-fast install benchmark demo gpu-check clean
+.PHONY: test test-fast lint install benchmark demo gpu-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,10 @@ test: install
 # The edit-test loop: everything but the tests marked slow (services, jobs, training), in a few minutes.
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow" -q
+
+# The lint gate (ruff, configured in pyproject.toml); .ci/run runs it before the suite.
+lint: install
+	$(BIN)/ruff check .
 
 benchmark: install
 	$(BIN)/python benchmarks/octconv.py
