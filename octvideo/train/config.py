@@ -256,6 +256,9 @@ class TrackingConfig(_Section):
     experiment: str = "octvideo"
     log_every_steps: int = Field(10, ge=1, description="optimizer steps between metric reports")
     registered_model_name: Optional[str] = None
+    system_metrics_every_s: Optional[float] = Field(
+        15.0, gt=0, description="seconds between samples of rank 0's CPU, memory, disk, network and GPU use; None: off"
+    )
 
 
 class ExperimentConfig(_Section):

@@ -24,7 +24,7 @@ import ray.train
 import torch
 from ray.train.torch import TorchTrainer
 
-from octvideo.data import load_manifest, model_input
+from octvideo.data import Manifest, load_manifest, model_input
 from octvideo.data.storage import (
     RetryPolicy, StorageUnavailable, is_transient, retry_storage_call, storage_error_message, storage_errors,
 )
@@ -38,6 +38,7 @@ from octvideo.train.finetune import check_parts
 from octvideo.train.loop import WEIGHTS_FILE, run_storage, train_loop_per_worker
 from octvideo.train.pretrained import start_file, start_from_source, write_start
 from octvideo.train.model_registry import Registration
+from octvideo.train.run_summary import DESCRIPTION_TAG, MANIFEST_CONTEXTS, manifest_datasets, run_description
 from octvideo.train.tracking import Tracker, start_tracker
 
 logger = logging.getLogger(__name__)
@@ -72,24 +73,31 @@ class JobResult:
     tracking_run_id: Optional[str]
 
 
-def dataset_label_map(config: ExperimentConfig) -> dict[str, int]:
-    """The training split's label map (class name -> index); ConfigError naming the manifest
-    when it cannot be read. Bare ``path label`` lists get names ``"0"``, ``"1"``, ..."""
+def read_manifest(config: ExperimentConfig, key: str) -> Manifest:
+    """The manifest ``data.<key>`` (``train_manifest``, ...), read through storage outages of up to
+    ``data.storage_timeout_s``; ConfigError naming it when it cannot be read. Lists the videos'
+    folders (Kinetics CSVs, trees), reads no video."""
     data = config.data
-    url, options = data.train_manifest, data.client_options(data.train_manifest)
+    url = getattr(data, key)
+    options = data.client_options(url)
     try:
-        manifest = retry_storage_call(
+        return retry_storage_call(
             lambda: load_manifest(url, data.root, storage_options=options),
             RetryPolicy.for_outages_up_to(data.storage_timeout_s),
             f"reading {url}",
         )
     except ValueError as error:
-        raise ConfigError(f"data.train_manifest: {error}") from None
+        raise ConfigError(f"data.{key}: {error}") from None
     except storage_errors() as error:
-        raise ConfigError(f"data.train_manifest: {storage_error_message(url, error)}") from None
-    if manifest.label_map is not None:
-        return dict(manifest.label_map)
-    return {str(index): index for index in range(config.model.num_classes or manifest.num_classes)}
+        raise ConfigError(f"data.{key}: {storage_error_message(url, error)}") from None
+
+
+def dataset_label_map(config: ExperimentConfig, train: Manifest) -> dict[str, int]:
+    """The label map (class name -> index) of ``train``, the training split's manifest. Bare
+    ``path label`` lists get names ``"0"``, ``"1"``, ..."""
+    if train.label_map is not None:
+        return dict(train.label_map)
+    return {str(index): index for index in range(config.model.num_classes or train.num_classes)}
 
 
 def prepare_job(config: ExperimentConfig, tracker: Optional[Tracker] = None) -> PreparedJob:
@@ -97,10 +105,14 @@ def prepare_job(config: ExperimentConfig, tracker: Optional[Tracker] = None) -> 
     source (ConfigError), the fine-tuning parts (ConfigError), the tracking server
     (TrackingUnavailable). Converts the pretrained source into the run's starting weights
     (:mod:`octvideo.train.pretrained`). Opens (or resumes) the MLflow run, unless ``tracker`` is
-    given, and logs the config, the label map, the start and the model's parameters and
+    given, and logs the config, the label map, the manifests as dataset inputs, the run's
+    description (:mod:`octvideo.train.run_summary`), the start and the model's parameters and
     multiply-accumulates per clip."""
     check_inputs(config)
-    label_map = dataset_label_map(config)
+    manifests = {
+        key: read_manifest(config, key) for key in MANIFEST_CONTEXTS if getattr(config.data, key) is not None
+    }
+    label_map = dataset_label_map(config, manifests["train_manifest"])
     torch.manual_seed(config.seed)  # the classifier a pretrained start re-initialises
     model = build_network(config.model, config.model.num_classes or len(label_map))
     check_parts(model, config)
@@ -113,6 +125,8 @@ def prepare_job(config: ExperimentConfig, tracker: Optional[Tracker] = None) -> 
     job = PreparedJob(config, tracker, label_map, start)
     tracker.log_config(config)
     tracker.log_label_map(label_map)
+    tracker.log_datasets(manifest_datasets(config, manifests))
+    tracker.set_tags({DESCRIPTION_TAG: run_description(config, manifests, resumed=tracker.resumed)})
     if start is not None:
         tracker.set_tags({"octvideo.pretrained.source": config.model.pretrained.source,
                           "octvideo.pretrained.format": start.format, "octvideo.pretrained.head": start.head})

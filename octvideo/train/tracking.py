@@ -21,6 +21,13 @@ MLflow holds one value per metric and step. A worker that fails resumes from the
 and runs again the steps it had done since (the same batches, from the same weights); the steps
 that MLflow already has are not sent again, so the curves have no duplicated or missing steps.
 
+Besides metrics, the run page shows a description (the ``mlflow.note.content`` tag), the
+manifests as dataset inputs (:mod:`octvideo.train.run_summary`) and rank 0's system metrics
+(``system/...``: CPU, memory, disk, network; GPU utilisation and memory when ``pynvml`` is
+installed), sampled by MLflow's monitor thread while :meth:`MLflowTracker.system_metrics` is
+entered. That thread gives up for the rest of the process when a request to MLflow fails (after
+MLflow's own retries); unlike the training metrics, system metrics are not buffered.
+
 Nothing that looks like a credential is logged: see :func:`redact`.
 """
 
@@ -33,7 +40,7 @@ import re
 import threading
 import time
 from collections import deque
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from itertools import islice
 from pathlib import Path
 from typing import Any, Dict, Iterator, Mapping, Optional, Protocol, Sequence
@@ -129,6 +136,12 @@ def redact(mapping: Mapping[str, Any]) -> Dict[str, Any]:
     return clean(dict(mapping))
 
 
+def redact_url(url: str) -> str:
+    """``url`` as :func:`redact` leaves it: without user info, or ``<redacted>`` when it holds a
+    credential-like environment variable."""
+    return redact({"url": url}).get("url", "<redacted>")
+
+
 def config_params(config: ExperimentConfig) -> Dict[str, str]:
     """The flattened, redacted config as MLflow params, keys and values cut to MLflow's limits."""
     from mlflow.utils.validation import MAX_ENTITY_KEY_LENGTH, MAX_PARAM_VAL_LENGTH
@@ -176,11 +189,13 @@ class Tracker(Protocol):
     """What the training loop calls; :class:`MLflowTracker` on rank 0, :class:`NullTracker` elsewhere."""
 
     run_id: Optional[str]
+    resumed: bool  # the run existed: a re-submission of its name
 
     def log_config(self, config: ExperimentConfig) -> None: ...
     def log_model_size(self, macs: int, params: int) -> None: ...
     def log_label_map(self, label_map: Mapping[str, int]) -> None: ...
     def set_tags(self, tags: Mapping[str, str]) -> None: ...
+    def log_datasets(self, datasets: Mapping[str, Any]) -> None: ...
     def log_bad_videos(self, bad_videos: Mapping[str, str]) -> None: ...
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None: ...
     def log_epoch_metrics(self, metrics: Mapping[str, float], epoch: int) -> None: ...
@@ -189,6 +204,7 @@ class Tracker(Protocol):
         self, keys: Sequence[str], artifact_file: str = "plots/training_curves.png", x_label: str = "step"
     ) -> None: ...
     def register_trained_model(self, model: Any, registered_name: str, **details: Any) -> Optional[Registration]: ...
+    def system_metrics(self) -> AbstractContextManager[None]: ...
     def flush(self, timeout_sec: float = 60.0) -> int: ...
     def close(self, status: str = "FINISHED") -> None: ...
 
@@ -197,6 +213,7 @@ class NullTracker:
     """The tracker of ranks other than 0: every call does nothing."""
 
     run_id: Optional[str] = None
+    resumed = False
 
     def log_config(self, config: ExperimentConfig) -> None:
         pass
@@ -208,6 +225,9 @@ class NullTracker:
         pass
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
+        pass
+
+    def log_datasets(self, datasets: Mapping[str, Any]) -> None:
         pass
 
     def log_bad_videos(self, bad_videos: Mapping[str, str]) -> None:
@@ -230,6 +250,9 @@ class NullTracker:
     def register_trained_model(self, model: Any, registered_name: str, **details: Any) -> Optional[Registration]:
         return None
 
+    def system_metrics(self) -> AbstractContextManager[None]:
+        return nullcontext()
+
     def flush(self, timeout_sec: float = 60.0) -> int:
         return 0
 
@@ -244,9 +267,9 @@ class MLflowTracker:
     run with its own client and sender thread (and its own copy of the metrics still queued when
     it was sent).
 
-    The config and label map are sent at once and raise on failure (they are logged before
-    training, right after the server was checked); metrics go through the bounded buffer and the
-    sender thread, and figures that cannot be sent are skipped with a warning.
+    The config, label map, dataset inputs and tags are sent at once and raise on failure (they are
+    logged before training, right after the server was checked); metrics go through the bounded
+    buffer and the sender thread, and figures that cannot be sent are skipped with a warning.
     """
 
     def __init__(
@@ -257,8 +280,10 @@ class MLflowTracker:
         *,
         max_buffered: int = MAX_BUFFERED_METRICS,
         request_timeout_sec: float = REQUEST_TIMEOUT_SEC,
+        system_metrics_every_s: Optional[float] = None,
     ) -> None:
         self.tracking_uri = tracking_uri
+        self.system_metrics_every_s = system_metrics_every_s  # None: no system metrics
         self._client: Any = None
         self._timeout = request_timeout_sec
         self._pending: deque = deque(maxlen=max_buffered)
@@ -341,6 +366,49 @@ class MLflowTracker:
         from mlflow.entities import RunTag
 
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_datasets(self, datasets: Mapping[str, Any]) -> None:
+        """Log ``mlflow.data`` datasets as the run's inputs, each with its context ("training",
+        "validation", "test"): the key. MLflow keeps one input per dataset name and digest, so a
+        resumed run logging the same ones again adds nothing."""
+        from mlflow.entities import DatasetInput, InputTag
+        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+        inputs = [
+            DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])
+            for context, dataset in datasets.items()
+        ]
+        self.client.log_inputs(self.run_id, datasets=inputs)
+
+    @contextmanager
+    def system_metrics(self) -> Iterator[None]:
+        """Sample the system metrics of this process's machine into the run while inside, every
+        ``system_metrics_every_s`` seconds (``MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL`` overrides
+        it), from the step after the run's last sample on; on the way out, the monitor stops and
+        sends what it holds (short requests, no retries: it cannot hold up the end of training).
+        A monitor that cannot start is a warning."""
+        monitor = self._start_system_metrics() if self.system_metrics_every_s is not None else None
+        try:
+            yield
+        finally:
+            if monitor is not None:
+                with _quick_requests(self._timeout):
+                    monitor.finish()
+
+    def _start_system_metrics(self) -> Any:
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        try:
+            with _quick_requests(self._timeout):
+                monitor = SystemMetricsMonitor(
+                    self.run_id, sampling_interval=self.system_metrics_every_s, resume_logging=True,
+                    tracking_uri=self.tracking_uri,
+                )
+        except Exception as err:  # system metrics are not worth stopping training for
+            logger.warning("no system metrics for MLflow run %s: %s", self.run_id, err)
+            return None
+        monitor.start()
+        return monitor
 
     def log_bad_videos(self, bad_videos: Mapping[str, str]) -> None:
         """``bad_videos.json``: URL -> reason of every unreadable video so far; a failure is a warning."""
@@ -520,10 +588,13 @@ def start_tracker(config: ExperimentConfig, rank: int, run_name: Optional[str] =
         return NullTracker()
     uri = resolve_tracking_uri(config.tracking.tracking_uri)
     check_tracking_available(uri)
-    return MLflowTracker(uri, config.tracking.experiment, run_name or config.checkpoint.name)
+    return MLflowTracker(
+        uri, config.tracking.experiment, run_name or config.checkpoint.name,
+        system_metrics_every_s=config.tracking.system_metrics_every_s,
+    )
 
 
 __all__: Sequence[str] = [
     "MLflowTracker", "NullTracker", "RUN_NAME_TAG", "Tracker", "TrackingUnavailable",
-    "check_tracking_available", "config_params", "redact", "resolve_tracking_uri", "start_tracker",
+    "check_tracking_available", "config_params", "redact", "redact_url", "resolve_tracking_uri", "start_tracker",
 ]

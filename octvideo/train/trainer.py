@@ -26,7 +26,8 @@ the export, so every rank evaluates the same network and the export is the run's
 
 Tracking: the tracker (:class:`~octvideo.train.tracking.Tracker`) is used on rank 0 only (the
 others get a :class:`~octvideo.train.tracking.NullTracker`): every
-report's metrics by global step, each epoch's by epoch, the test's confusion matrix and
+report's metrics by global step, each epoch's by epoch, the node's system metrics while
+:meth:`Trainer.fit` runs, the test's confusion matrix and
 per-class accuracy as figures, and the training split's unreadable videos (URL -> reason, with
 those its Kinetics CSV lists but that have no file, counted as ``missing_videos``) as
 ``bad_videos.json``. Past ``data.max_bad_fraction`` of the videos tried by all ranks, every rank
@@ -185,7 +186,8 @@ class Trainer:
         return self._loader(dataset, views * max(1, self.config.optim.batch_size_per_worker // views))
 
     def fit(self) -> None:
-        """Train from the restored position to the last epoch, test, and export the weights."""
+        """Train from the restored position to the last epoch, test, and export the weights;
+        rank 0's system metrics go to the tracker meanwhile."""
         logger.info(
             "worker %d of %d on node %s (%s) starts at step %d",
             self.rank, self.world_size, self.run.node, self.device, self.engine.global_steps,
@@ -198,10 +200,11 @@ class Trainer:
             )
         if self.state.epoch >= self.config.optim.epochs:
             logger.info("the run's checkpoint is at its last epoch (%d): nothing to train", self.state.epoch)
-        while self.state.epoch < self.config.optim.epochs:
-            self.train_epoch()
-            self.end_epoch()
-        self.finish()
+        with self.tracker.system_metrics():
+            while self.state.epoch < self.config.optim.epochs:
+                self.train_epoch()
+                self.end_epoch()
+            self.finish()
 
     def train_epoch(self) -> None:
         """The rest of the current epoch's batches, reporting every ``log_every_steps`` steps."""

@@ -14,7 +14,7 @@ import torch
 
 from octvideo.data.storage import RetryPolicy, StorageUnavailable, is_transient, request_timeout_s
 from octvideo.train.config import ConfigError, check_inputs, parse_config
-from octvideo.train.job import dataset_label_map
+from octvideo.train.job import read_manifest
 from octvideo.train.loop import run_storage
 from octvideo.train.pretrained import read_start, write_start
 from tests.conftest import S3Server
@@ -55,7 +55,7 @@ def test_the_driver_checks_and_manifest_read_end_within_the_bound(silent) -> Non
     proxy.freeze()
     error, checked = within_bound(lambda: check_inputs(config))
     assert isinstance(error, ConfigError) and proxy.url in str(error), error
-    error, read = within_bound(lambda: dataset_label_map(config))
+    error, read = within_bound(lambda: read_manifest(config, "train_manifest"))
     assert isinstance(error, StorageUnavailable) and proxy.url in str(error), error
     print(f"silent endpoint, bound {BOUND} s: input check failed after {checked:.1f} s, manifest read after {read:.1f} s")
     assert checked < BOUND + SLACK and read < BOUND + SLACK

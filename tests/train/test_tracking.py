@@ -3,6 +3,7 @@ process that is killed and restarted mid-run."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import pickle
@@ -19,11 +20,13 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
+from octvideo.data import load_manifest
 from octvideo.models import build_model
 from octvideo.train.config import ClipConfig, parse_config
 from octvideo.train.evaluate import confusion_matrix
 from octvideo.train.plots import plot_confusion_matrix, plot_per_class_accuracy, plot_training_curves
 from octvideo.train.model_registry import CANDIDATE, CHAMPION, register_trained_model
+from octvideo.train.run_summary import DESCRIPTION_TAG, manifest_dataset
 from octvideo.train.tracking import (
     MLflowTracker,
     NullTracker,
@@ -129,6 +132,85 @@ def test_run_resumed_by_name_logs_everything_but_secrets(tmp_path, sqlite_uri, m
     text = "\n".join(f"{k}={v}" for k, v in everything).encode() + b"".join(files.values())
     for secret in (FAKE_SECRET, FAKE_ENV_SECRET):
         assert secret.encode() not in text
+
+
+def test_run_page_describes_the_run_and_lists_its_manifests(tmp_path, sqlite_uri):
+    """prepare_job gives the MLflow run a description and the three manifests as dataset inputs
+    (source, digest, size), without credentials; a re-submission says it resumed and logs no
+    input twice."""
+    from octvideo.train.job import prepare_job
+
+    data = tmp_path / "data"
+    data.mkdir()
+    sizes = {"train": 6, "val": 3, "test": 4}
+    for split, size in sizes.items():  # 'path label' lists: reading them opens no video
+        (data / f"{split}.txt").write_text("".join(f"{split}/v{i}.mp4 {i % 3}\n" for i in range(size)))
+    cfg = parse_config({
+        "model": {"name": "oct_i3d_r18", "alpha": 0.5, "width": 8},
+        "data": {**{f"{split}_manifest": str(data / f"{split}.txt") for split in sizes},
+                 "storage_options": {"key": FAKE_SECRET}},
+        "deepspeed": {"precision": "fp32"},
+        "scaling": {"num_workers": 3},
+        "tracking": {"tracking_uri": sqlite_uri, "experiment": "page"},
+        "checkpoint": {"name": "described", "storage_path": str(tmp_path / "runs")},
+    })
+    client = MlflowClient(sqlite_uri)
+
+    def run_page(run_id):
+        run = client.get_run(run_id)
+        inputs = {
+            {tag.key: tag.value for tag in item.tags}["mlflow.data.context"]: item.dataset
+            for item in run.inputs.dataset_inputs
+        }
+        return run.data.tags[DESCRIPTION_TAG], inputs, len(run.inputs.dataset_inputs)
+
+    first = prepare_job(cfg)
+    description, inputs, count = run_page(first.tracker.run_id)
+    for words in ("oct_i3d_r18", "alpha 0.5", str(data / "train.txt"), "6 videos", "fp32", "3 workers"):
+        assert words in description, (words, description)
+    assert "Resumed" not in description
+    assert count == 3 and set(inputs) == {"training", "validation", "test"}
+    for context, split in (("training", "train"), ("validation", "val"), ("test", "test")):
+        dataset = inputs[context]
+        assert json.loads(dataset.source) == {"uri": str(data / f"{split}.txt")} and dataset.source_type == "local"
+        assert dataset.name == f"{split}.txt" and len(dataset.digest) == 10
+        assert json.loads(dataset.profile) == {"num_videos": sizes[split], "num_classes": 3, "missing_videos": 0}
+
+    again = prepare_job(cfg)  # the same name submitted again
+    assert again.tracker.run_id == first.tracker.run_id
+    description, inputs, count = run_page(first.tracker.run_id)
+    assert "Resumed" in description and str(tmp_path / "runs" / "described") in description
+    assert count == 3  # the same manifests: the same inputs
+
+    text = description + "".join(d.source + d.name for d in inputs.values())
+    on_s3 = manifest_dataset(f"s3://user:{FAKE_SECRET}@host/k/train.txt", load_manifest(str(data / "train.txt")))
+    text += on_s3.to_json()
+    assert json.loads(on_s3.source.to_json()) == {"uri": "s3://host/k/train.txt"}
+    assert FAKE_SECRET not in text
+
+
+def test_system_metrics_are_sampled_into_the_run_while_training(sqlite_uri):
+    """The monitor runs in the process that enters ``system_metrics`` (a worker's copy of the
+    tracker), stops on the way out, and a later one goes on from the next step."""
+    tracker = pickle.loads(pickle.dumps(MLflowTracker(sqlite_uri, "exp", "system", system_metrics_every_s=0.2)))
+    client = MlflowClient(sqlite_uri)
+
+    def sampled() -> dict:
+        return {k: v for k, v in client.get_run(tracker.run_id).data.metrics.items() if k.startswith("system/")}
+
+    for _ in range(2):  # as after a restart
+        with tracker.system_metrics():
+            deadline = time.monotonic() + 30
+            while len(client.get_metric_history(tracker.run_id, "system/cpu_utilization_percentage")) < 2:
+                assert time.monotonic() < deadline, "no system metrics within 30 s"
+                time.sleep(0.2)
+            time.sleep(0.5)
+        assert not any(t.name == "SystemMetricsMonitor" for t in threading.enumerate())
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(sampled())
+    steps = [m.step for m in client.get_metric_history(tracker.run_id, "system/cpu_utilization_percentage")]
+    assert len(steps) >= 4 and sorted(steps) == list(range(len(steps)))  # no step twice, none skipped
+    with NullTracker().system_metrics():
+        pass
 
 
 def test_plots_from_plain_arrays():
