@@ -29,7 +29,7 @@ def _int_tuple(text: str) -> tuple:
     try:
         return tuple(int(v) for v in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 1,2,2, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 1,2,2, got {text!r}") from None  # says less
 
 
 def _add_profile(sub: argparse._SubParsersAction) -> None:
@@ -149,7 +149,7 @@ def _video_urls(args: argparse.Namespace) -> list[str]:
     try:
         manifest = load_manifest(args.manifest, args.root, args.split, merge_storage_options(args.storage_options))
     except storage_errors() as err:  # no credentials, no endpoint, access denied: name the manifest
-        raise ValueError(storage_error_message(args.manifest, err)) from None
+        raise ValueError(storage_error_message(args.manifest, err)) from err
     return [entry.url for entry in manifest]
 
 

@@ -179,4 +179,4 @@ def profile_by_name(
         raise ValueError(
             f"{name} (alpha {alpha}{pool}) cannot run on a {frames}-frame {size}x{size} input: {reason}; "
             "try more frames or a larger size"
-        ) from None
+        ) from error

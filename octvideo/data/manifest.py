@@ -107,7 +107,7 @@ def read_label_map(url: str, storage_options: Mapping | None = None) -> dict[str
         try:
             mapping = json.load(f)
         except json.JSONDecodeError as error:
-            raise ValueError(f"label map {url} is not valid JSON: {error}") from None
+            raise ValueError(f"label map {url} is not valid JSON: {error}") from error
     if not isinstance(mapping, dict):
         raise ValueError(f"label map {url} must be a JSON object of class name -> index")
     _check_label_map(mapping, url)
@@ -378,7 +378,7 @@ def _parse_int(text: str, column: str, where: str) -> int:
     try:
         return int(text)
     except ValueError:
-        raise ValueError(f"{where}: {column} must be an integer, got {text!r}") from None
+        raise ValueError(f"{where}: {column} must be an integer, got {text!r}") from None  # int()'s error says less
 
 
 def _absolute(url: str) -> str:

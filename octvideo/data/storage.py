@@ -270,7 +270,7 @@ def with_deadline(fs: fsspec.AbstractFileSystem, seconds: float, call: Callable[
     except fsspec.exceptions.FSTimeoutError:
         client = getattr(fs, "_s3", None)  # s3fs's botocore client, once connected
         endpoint = getattr(getattr(client, "meta", None), "endpoint_url", None) or f"the {fs.protocol[0]} endpoint"
-        raise TimeoutError(f"{endpoint} did not answer within {seconds:g} s") from None
+        raise TimeoutError(f"{endpoint} did not answer within {seconds:g} s") from None  # fsspec's error says no more
 
 
 def open_url(

@@ -347,7 +347,7 @@ def _describe(error: ValidationError) -> str:
 def parse_config(raw: Dict[str, Any], source: str = "config") -> ExperimentConfig:
     try:
         return ExperimentConfig.model_validate(raw)
-    except ValidationError as error:
+    except ValidationError as error:  # every problem is in the message: pydantic's own text adds nothing
         raise ConfigError(f"{source} is not a valid experiment:\n{_describe(error)}") from None
 
 
@@ -369,16 +369,16 @@ def load_config(url: str, overrides: Sequence[str] = ()) -> ExperimentConfig:
     try:
         with fsspec.open(str(url), "r", encoding="utf-8") as f:
             raw = yaml.safe_load(f)
-    except FileNotFoundError:
-        raise ConfigError(f"config file {url} does not exist") from None
-    except IsADirectoryError:
-        raise ConfigError(f"config file {url} is a folder; pass the experiment's YAML file") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"config file {url} is not a text file; pass the experiment's YAML file") from None
+    except FileNotFoundError as error:
+        raise ConfigError(f"config file {url} does not exist") from error
+    except IsADirectoryError as error:
+        raise ConfigError(f"config file {url} is a folder; pass the experiment's YAML file") from error
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"config file {url} is not a text file; pass the experiment's YAML file") from error
     except yaml.YAMLError as error:
-        raise ConfigError(f"{url} is not valid YAML{_yaml_problem(error)}") from None
+        raise ConfigError(f"{url} is not valid YAML{_yaml_problem(error)}") from error
     except storage_errors() as error:
-        raise ConfigError(f"config file: {storage_error_message(url, error)}") from None
+        raise ConfigError(f"config file: {storage_error_message(url, error)}") from error
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):

@@ -96,14 +96,14 @@ def check_tracking_available(uri: str, timeout_sec: float = REQUEST_TIMEOUT_SEC)
                 if reply.status != 200:
                     raise TrackingUnavailable(uri, f"/health answered HTTP {reply.status}")
         except (URLError, OSError) as err:
-            raise TrackingUnavailable(uri, str(getattr(err, "reason", err))) from None
+            raise TrackingUnavailable(uri, str(getattr(err, "reason", err))) from err
         return
     from mlflow.tracking import MlflowClient
 
     try:
         MlflowClient(uri).search_experiments(max_results=1)
     except Exception as err:  # any store error means the same to the user: cannot track
-        raise TrackingUnavailable(uri, f"{type(err).__name__}: {err}") from None
+        raise TrackingUnavailable(uri, f"{type(err).__name__}: {err}") from err
 
 
 def _looks_secret(key: str) -> bool:
