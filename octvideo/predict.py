@@ -4,6 +4,11 @@ then :func:`predict_video` per video.
 A video is seen through the test protocol's ``num_clips x num_crops`` views (see
 :func:`octvideo.data.multiview_plans`), with the clip settings the model was trained with; the
 softmax of the views is averaged.
+
+The network is rebuilt from the registered model's files (:mod:`octvideo.serving.model_files`:
+weights read with ``torch.load(weights_only=True)``, build arguments, label map and clip settings
+as JSON), so loading runs none of the model's code. Models registered in octvideo's earlier format
+(``mlflow.pytorch``'s pickle) still load, through ``mlflow.pytorch.load_model``.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ from octvideo.train.config import ClipConfig
 
 if TYPE_CHECKING:  # torch and the data path are imported once a model is found: a wrong --model fails fast
     from torch import nn
+
+    from octvideo.serving.model_files import RegisteredNetwork
 
 
 @dataclass
@@ -110,17 +117,41 @@ def load_registered_model(model_uri: str, tracking_uri: Optional[str] = None) ->
     except MlflowException as err:
         hint = _registered_hint(MlflowClient(uri), match["name"])
         raise ValueError(f"cannot load {model_uri} from {uri}: {err.message.rstrip('.')}{hint}") from None
-    import mlflow.pytorch  # torch: only once the model is known to be there
-
-    try:
-        model = mlflow.pytorch.load_model(model_uri, map_location="cpu")
-    except MlflowException as err:
-        raise ValueError(f"cannot load {model_uri} from {uri}: {err.message}") from None
     meta = (info.metadata or {}).get("octvideo")
     if not meta:
         raise ValueError(f"{model_uri} was not registered by octvideo (no label map or clip settings)")
+    try:
+        if "pytorch" in info.flavors:
+            network = _load_pickled(model_uri, meta)
+        else:
+            network = _load_files(model_uri, info.flavors["python_function"]["artifacts"])
+    except MlflowException as err:
+        raise ValueError(f"cannot load {model_uri} from {uri}: {err.message}") from None
+    return LoadedModel(network.model, network.class_names, network.clip, model_uri)
+
+
+def _load_files(model_uri: str, artifacts: Mapping[str, Mapping[str, str]]) -> RegisteredNetwork:
+    """The network of a model in octvideo's format (:mod:`octvideo.serving.model_files`), read
+    from its weights and JSON files: no code of the model runs. Downloaded as MLflow's own loaders
+    do (read in place from a local store)."""
+    import mlflow
+
+    from octvideo.serving.model_files import read_model_files  # torch: only once the model is known to be there
+
+    local = Path(mlflow.artifacts.download_artifacts(model_uri))
+    return read_model_files({name: str(local / entry["path"]) for name, entry in artifacts.items()})
+
+
+def _load_pickled(model_uri: str, meta: Mapping[str, Any]) -> RegisteredNetwork:
+    """A model registered in octvideo's earlier format, ``mlflow.pytorch``'s pickle of the
+    ``nn.Module`` (unpickling it runs code, as any pickle's), with the ``octvideo`` metadata."""
+    import mlflow.pytorch
+
+    from octvideo.serving.model_files import RegisteredNetwork
+
+    model = mlflow.pytorch.load_model(model_uri, map_location="cpu")
     by_index = sorted(meta["label_map"].items(), key=lambda item: item[1])
-    return LoadedModel(model.eval(), [name for name, _ in by_index], ClipConfig(**meta["clip"]), model_uri)
+    return RegisteredNetwork(model.eval(), [name for name, _ in by_index], ClipConfig(**meta["clip"]))
 
 
 def predict_video(

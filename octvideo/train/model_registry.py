@@ -5,16 +5,19 @@ the current champion's (or there is none). The test top-1 is stored as the versi
 :data:`TOP1_TAG` (and as the metric ``test/top1`` of its run), so champions are compared
 without reading runs.
 
-The model is stored with the ``octvideo`` metadata that :mod:`octvideo.predict` needs:
-the model name and build arguments, the label map, and the evaluation clip settings. It is
-pickled (MLflow's default, ``torch.export``, fixes the input size to the example's), so loading
-it needs ``octvideo`` importable.
+The model is an MLflow pyfunc logged from code (:mod:`octvideo.serving.classifier_code`), with
+the files of :mod:`octvideo.serving.model_files` as its artifacts: the fp32 ``state_dict``, the
+model name and build arguments, the label map and the clip settings. Nothing of it is pickled but
+the weights (read with ``torch.load(weights_only=True)``); loading it rebuilds the network from
+the installed ``octvideo``. The same settings are the MLmodel's ``octvideo`` metadata.
 """
 
 from __future__ import annotations
 
 import logging
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional
 
 from octvideo.train.config import ClipConfig
@@ -27,8 +30,6 @@ logger = logging.getLogger(__name__)
 CANDIDATE, CHAMPION = "candidate", "champion"
 TOP1_TAG = "octvideo.test_top1"
 STEP_TAG = "octvideo.global_step"
-#: Height and width of the input example stored with a model (a full-size clip is megabytes of JSON).
-EXAMPLE_SIZE = 32
 
 
 @dataclass(frozen=True)
@@ -60,24 +61,6 @@ def model_metadata(
     }
 
 
-def _signature_and_example(model: nn.Module, clip: ClipConfig) -> tuple:
-    import numpy as np
-    import torch
-    from mlflow.models import ModelSignature
-    from mlflow.types import Schema, TensorSpec
-
-    if getattr(model, "speed_ratio", None) is not None:  # SlowFast takes [slow, fast]: no tensor signature
-        return None, None
-    example = model.example_input(frames=clip.num_frames, size=EXAMPLE_SIZE).numpy().astype(np.float32)
-    with torch.no_grad():
-        classes = model.eval()(torch.from_numpy(example)).shape[-1]
-    signature = ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, example.shape[1], clip.num_frames, -1, -1))]),
-        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, classes))]),
-    )
-    return signature, example
-
-
 def register_trained_model(
     model: nn.Module,
     *,
@@ -99,9 +82,11 @@ def register_trained_model(
     version it already has. ``description`` (say, what the run started from) becomes the version's. Call this after training: it sets the process's MLflow tracking URI
     and, like :meth:`MLflowTracker.close`, ends the run."""
     import mlflow
-    import mlflow.pytorch
     import torch
     from mlflow.tracking import MlflowClient
+
+    from octvideo.serving.classifier import CODE_FILE, classifier_signature, example_clips
+    from octvideo.serving.model_files import write_model_files
 
     mlflow.set_tracking_uri(tracking_uri)
     client = MlflowClient(tracking_uri)
@@ -113,13 +98,14 @@ def register_trained_model(
                 registered_name, str(existing.version), float(existing.tags[TOP1_TAG]), list(aliases),
                 model_uri=f"models:/{registered_name}/{existing.version}",
             )
-    signature, example = _signature_and_example(model, clip)
     metadata = {"octvideo": model_metadata(model.model_name, build_kwargs, label_map, clip)}
-    with mlflow.start_run(run_id=run_id):
+    with tempfile.TemporaryDirectory() as folder, mlflow.start_run(run_id=run_id):
         mlflow.log_metric("test/top1", test_top1)
-        info = mlflow.pytorch.log_model(
-            model.cpu().eval(), name="model", signature=signature, input_example=example,
-            registered_model_name=registered_name, metadata=metadata, serialization_format="pickle",
+        info = mlflow.pyfunc.log_model(
+            name="model", python_model=str(CODE_FILE),
+            artifacts=write_model_files(model, build_kwargs, label_map, clip, Path(folder)),
+            signature=classifier_signature(clip), input_example=example_clips(clip),
+            registered_model_name=registered_name, metadata=metadata,
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
         )
     version = str(info.registered_model_version)
