@@ -58,9 +58,9 @@ import av
 import fsspec
 import numpy as np
 import torch
+from _report import machine_name, write_section
 from torch.utils.data import DataLoader, Dataset
 
-from _report import machine_name, write_section
 from octvideo.data import KineticsDataset, KineticsLoader, decode_clip, write_synthetic_kinetics
 
 ROOT = Path(__file__).resolve().parents[1]

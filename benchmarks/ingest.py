@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import Any
 
 import ray
+from _report import cpu_model, write_section
 from mlflow.tracking import MlflowClient
 
-from _report import cpu_model, write_section
 from octvideo.data import write_synthetic_kinetics
 from octvideo.train.config import parse_config
 from octvideo.train.job import prepare_job, run_job

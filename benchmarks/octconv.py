@@ -37,14 +37,14 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Tuple
 
 import torch
+from _report import cpu_model, machine_name, write_section
 from torch._dynamo.exc import TorchDynamoException
 
-from _report import cpu_model, machine_name, write_section
 from octvideo.models import build_model
 from octvideo.predict import compiled_for_inference
 from octvideo.profile import profile_model
@@ -73,7 +73,7 @@ class Table:
 def saved_activation_bytes(model: torch.nn.Module, x: torch.Tensor) -> int:
     """Bytes of the distinct storages autograd keeps for backward (parameters excluded)."""
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    seen: Dict[int, int] = {}
+    seen: dict[int, int] = {}
 
     def pack(t: torch.Tensor):
         storage = t.untyped_storage()
@@ -87,7 +87,7 @@ def saved_activation_bytes(model: torch.nn.Module, x: torch.Tensor) -> int:
     return sum(seen.values())
 
 
-def gpu_peak_bytes(model: torch.nn.Module, x: torch.Tensor) -> Tuple[int, int]:
+def gpu_peak_bytes(model: torch.nn.Module, x: torch.Tensor) -> tuple[int, int]:
     """Peak allocated during one forward + backward above what was allocated before it, and the total peak."""
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
@@ -126,7 +126,7 @@ def compiled(model: torch.nn.Module, regime: str, backend: str) -> torch.nn.Modu
     return torch.compile(model, backend=backend, fullgraph=True)
 
 
-def run(args: argparse.Namespace, table: Table, modes: List[str]) -> List[dict]:
+def run(args: argparse.Namespace, table: Table, modes: list[str]) -> list[dict]:
     """One row per alpha and mode, ratios against alpha = 0 in the same mode; a model that
     fails to compile gets a row with its ``error`` instead of measurements."""
     torch.manual_seed(0)
@@ -138,7 +138,7 @@ def run(args: argparse.Namespace, table: Table, modes: List[str]) -> List[dict]:
     fmt = LAYOUTS[table.layout]
     x = torch.randn(table.batch, 3, args.frames, args.size, args.size, device=device, dtype=dtype)
     x = x.contiguous(memory_format=fmt)
-    runners: Dict[Tuple[float, str], torch.nn.Module] = {}
+    runners: dict[tuple[float, str], torch.nn.Module] = {}
     rows, failed = [], []
     for alpha in args.alphas:
         model = build_model("oct_i3d_r50", alpha=alpha, num_classes=400)
@@ -183,7 +183,7 @@ def run(args: argparse.Namespace, table: Table, modes: List[str]) -> List[dict]:
     return rows + failed
 
 
-def table_text(rows: List[dict]) -> str:
+def table_text(rows: list[dict]) -> str:
     memory = rows[0]["memory"] is not None
     gpu = rows[0]["peak_memory"] is not None
     header = "| alpha | GMACs | time (s) | time ratio | MAC ratio | time ratio / MAC ratio |"
@@ -200,7 +200,7 @@ def table_text(rows: List[dict]) -> str:
     return "\n".join(lines)
 
 
-def goals(rows: List[dict], label: str) -> str:
+def goals(rows: list[dict], label: str) -> str:
     """The issue's goals, checked on this table: alpha 0.5 within 1.10x the MAC ratio (and 0.70
     of the memory in training); alpha 0.125 and 0.25 never slower than the plain network."""
     notes = []
@@ -220,7 +220,7 @@ def goals(rows: List[dict], label: str) -> str:
     return " ".join(notes)
 
 
-def compiled_note(rows: List[dict], eager: List[dict]) -> str:
+def compiled_note(rows: list[dict], eager: list[dict]) -> str:
     """Compilation time of each compiled row, its time against its ``eager`` twin, and the failures."""
     eager_time = {r["alpha"]: r["time"] for r in eager}
     measured = [r for r in rows if "error" not in r]
@@ -235,7 +235,7 @@ def compiled_note(rows: List[dict], eager: List[dict]) -> str:
     return note + "."
 
 
-def tables(args: argparse.Namespace) -> List[Tuple[Table, List[str]]]:
+def tables(args: argparse.Namespace) -> list[tuple[Table, list[str]]]:
     """What to measure, in order; compiled models in each regime's first layout only."""
     layouts = list(LAYOUTS) if args.layout == "both" else [args.layout]
     plan = []

@@ -42,8 +42,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-
 from _report import cpu_model, write_section
+
 from octvideo.data import KineticsDataset, KineticsLoader, model_input, write_synthetic_kinetics
 from octvideo.models import build_model, load_pretrained
 from octvideo.train.config import OptimConfig

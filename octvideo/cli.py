@@ -11,7 +11,8 @@ import argparse
 import logging
 import sys
 from collections import Counter
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from octvideo.data.prepare_command import add_prepare_arguments, run_prepare_command
 from octvideo.data.storage_options import add_storage_option_argument, merge_storage_options
@@ -286,7 +287,7 @@ def _user_error(args: argparse.Namespace, err: BaseException) -> int:
     return 2
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # Our progress at INFO; libraries (botocore, alembic, ...) only when something is wrong, or with -v.
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")

@@ -14,9 +14,10 @@ as JSON), so loading runs none of the model's code. Models registered in octvide
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, List, Mapping, Optional, Tuple
+from typing import TYPE_CHECKING, Any
 
 from octvideo.train.config import ClipConfig
 
@@ -31,12 +32,12 @@ class LoadedModel:
     """A registered model in eval mode with what it needs to read videos and name classes."""
 
     model: nn.Module
-    class_names: List[str]
+    class_names: list[str]
     clip: ClipConfig
     uri: str
 
     @property
-    def speed_ratio(self) -> Optional[int]:
+    def speed_ratio(self) -> int | None:
         """The SlowFast pathway ratio, None for single-pathway networks."""
         return getattr(self.model, "speed_ratio", None)
 
@@ -92,7 +93,7 @@ def _registered_hint(client: Any, name: str) -> str:
     return f"; {name} has aliases {aliases or '(none)'} and versions {', '.join(map(str, versions)) or '(none)'}"
 
 
-def load_registered_model(model_uri: str, tracking_uri: Optional[str] = None) -> LoadedModel:
+def load_registered_model(model_uri: str, tracking_uri: str | None = None) -> LoadedModel:
     """Load ``models:/NAME@ALIAS`` (or ``models:/NAME/VERSION``) as registered by
     :func:`octvideo.train.model_registry.register_trained_model`; ValueError when it cannot be,
     saying what the store holds instead."""
@@ -158,11 +159,11 @@ def predict_video(
     loaded: LoadedModel,
     url: str,
     *,
-    num_clips: Optional[int] = None,
-    num_crops: Optional[int] = None,
+    num_clips: int | None = None,
+    num_crops: int | None = None,
     top_k: int = 5,
-    storage_options: Optional[Mapping[str, Any]] = None,
-) -> List[Tuple[str, float]]:
+    storage_options: Mapping[str, Any] | None = None,
+) -> list[tuple[str, float]]:
     """The ``top_k`` (class name, probability) of one video, most likely first. ``num_clips`` /
     ``num_crops`` default to the model's test settings. Raises VideoDecodeError for a video
     that cannot be read."""

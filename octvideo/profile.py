@@ -10,8 +10,9 @@ keeps for the backward pass.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -34,14 +35,14 @@ class LayerProfile:
 
 @dataclass
 class ModelProfile:
-    layers: List[LayerProfile]
-    stage_macs: Dict[str, int]
-    stage_params: Dict[str, int]
+    layers: list[LayerProfile]
+    stage_macs: dict[str, int]
+    stage_params: dict[str, int]
     total_params: int
     total_macs: int
     bytes_per_element: int = 4
     input_shape: str = ""
-    stages: List[str] = field(default_factory=list)
+    stages: list[str] = field(default_factory=list)
 
     @property
     def total_activations(self) -> int:
@@ -68,7 +69,7 @@ def _numel(output: Any) -> int:
 
 def profile_model(model: nn.Module, inputs: Any) -> ModelProfile:
     """Run one forward pass of ``model`` on ``inputs`` (no gradients) and measure every layer."""
-    outputs: Dict[str, Any] = {}
+    outputs: dict[str, Any] = {}
     hooks = []
     measured = {name: m for name, m in model.named_modules() if isinstance(m, MEASURED_TYPES)}
     for name, module in measured.items():
@@ -120,11 +121,11 @@ def profile_model(model: nn.Module, inputs: Any) -> ModelProfile:
     )
 
 
-def _ratio(value: float, base: Optional[float]) -> str:
+def _ratio(value: float, base: float | None) -> str:
     return f"{value / base:6.3f}" if base else "      "
 
 
-def format_profile(profile: ModelProfile, baseline: Optional[ModelProfile] = None, per_layer: bool = False) -> str:
+def format_profile(profile: ModelProfile, baseline: ModelProfile | None = None, per_layer: bool = False) -> str:
     """A plain-text table: per stage (and optionally per layer), totals, and ratios to ``baseline``."""
     mb = profile.bytes_per_element / 2**20
     header = f"{'':32} {'params':>12} {'GMACs':>9} {'act. MiB':>9}"
@@ -132,13 +133,13 @@ def format_profile(profile: ModelProfile, baseline: Optional[ModelProfile] = Non
         header += f" {'MAC ratio':>9} {'mem ratio':>9}"
     lines = [f"input {profile.input_shape}; MACs = multiply-accumulates (the paper's 'FLOPs')", header]
 
-    def row(label: str, params: int, macs: int, acts: int, base: Optional[tuple]) -> str:
+    def row(label: str, params: int, macs: int, acts: int, base: tuple | None) -> str:
         text = f"{label[:32]:32} {params:12,d} {macs / 1e9:9.3f} {acts * mb:9.2f}"
         if base is not None:
             text += f" {_ratio(macs, base[0]):>9} {_ratio(acts, base[1]):>9}"
         return text
 
-    base_layers = {l.name: l for l in baseline.layers} if baseline else {}
+    base_layers = {layer.name: layer for layer in baseline.layers} if baseline else {}
     for stage in profile.stages:
         if not (profile.stage_params[stage] or profile.stage_macs[stage] or profile.stage_activations(stage)):
             continue  # pooling, dropout: nothing to count
@@ -146,7 +147,7 @@ def format_profile(profile: ModelProfile, baseline: Optional[ModelProfile] = Non
         acts = profile.stage_activations(stage)
         lines.append(row(stage, profile.stage_params[stage], profile.stage_macs[stage], acts, base))
         if per_layer:
-            for layer in (l for l in profile.layers if _stage_of(l.name) == stage and l.name != stage):
+            for layer in (x for x in profile.layers if _stage_of(x.name) == stage and x.name != stage):
                 b = base_layers.get(layer.name)
                 lb = (b.macs, b.activations) if b else None
                 lines.append(row(f"  {layer.name}", layer.params, layer.macs, layer.activations, lb))
@@ -160,7 +161,7 @@ def profile_by_name(
     alpha: float,
     frames: int = 8,
     size: int = 224,
-    octave_pool: Optional[Sequence[int]] = None,
+    octave_pool: Sequence[int] | None = None,
     **model_kwargs: Any,
 ) -> tuple:
     """Profile a registered model at ``alpha`` and its alpha = 0 twin on the same input."""

@@ -15,7 +15,6 @@ from urllib.request import urlopen
 
 import pytest
 
-
 # Tests that start services (the S3 server, MLflow servers, Ray, the local stack) or train or
 # compile for a minute: marked ``slow``, so that ``make test-fast`` (``-m "not slow"``) runs the
 # rest in a few minutes. ``make test`` and CI run everything.

@@ -31,7 +31,8 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("cli") / "kinetics"
-    assert main(["data", "synth", str(root), "--classes", "2", "--videos-per-class", "3", "--seed", "5", "--val-fraction", "0.34", *SMALL]) == 0
+    options = ["--classes", "2", "--videos-per-class", "3", "--seed", "5", "--val-fraction", "0.34", *SMALL]
+    assert main(["data", "synth", str(root), *options]) == 0
     return root
 
 

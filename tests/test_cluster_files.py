@@ -259,8 +259,14 @@ def test_aws_node_configs_make_valid_run_instances_requests(monkeypatch):
     from ray.autoscaler._private.aws.config import _configure_from_network_interfaces
     from ray.autoscaler._private.aws.node_provider import AWSNodeProvider
     from ray.autoscaler._private.util import prepare_config
-    from ray.autoscaler.tags import (NODE_KIND_HEAD, NODE_KIND_WORKER, TAG_RAY_LAUNCH_CONFIG, TAG_RAY_NODE_KIND,
-                                     TAG_RAY_NODE_NAME, TAG_RAY_USER_NODE_TYPE)
+    from ray.autoscaler.tags import (
+        NODE_KIND_HEAD,
+        NODE_KIND_WORKER,
+        TAG_RAY_LAUNCH_CONFIG,
+        TAG_RAY_NODE_KIND,
+        TAG_RAY_NODE_NAME,
+        TAG_RAY_USER_NODE_TYPE,
+    )
 
     for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                         "AWS_EC2_METADATA_DISABLED": "true"}.items():
@@ -506,9 +512,9 @@ def _pip_installs(instructions) -> list[list[str]]:
                 words = []
             else:
                 words.append(token)
-        for words in [*commands, words]:
-            if words[:2] == ["pip", "install"] or words[1:4] == ["-m", "pip", "install"]:
-                installs.append(words[words.index("install") + 1:])
+        for command in [*commands, words]:
+            if command[:2] == ["pip", "install"] or command[1:4] == ["-m", "pip", "install"]:
+                installs.append(command[command.index("install") + 1:])
     return installs
 
 

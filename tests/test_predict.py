@@ -12,7 +12,6 @@ from octvideo.models import build_model
 from octvideo.predict import compiled_for_inference, load_registered_model, predict_video
 from octvideo.train.config import ClipConfig
 from octvideo.train.model_registry import register_trained_model
-
 from tests.data.videos import HTML_ERROR_PAGE, write_bytes, write_video
 
 LABELS = {"archery": 0, "bowling": 1, "cooking": 2, "dancing": 3, "eating": 4, "fencing": 5}

@@ -24,7 +24,7 @@ def test_oct_i3d_r50_kinetics_ratio():
 def test_per_layer_and_stage_figures_add_up():
     profile, baseline = profile_by_name("oct_i3d_r18", 0.5, frames=4, size=64, width=16, num_classes=10)
     assert sum(profile.stage_macs.values()) == profile.total_macs
-    assert sum(l.macs for l in profile.layers) == profile.total_macs
+    assert sum(layer.macs for layer in profile.layers) == profile.total_macs
     assert sum(profile.stage_params.values()) == profile.total_params
     # res3 and res4 run at alpha = 0.5: their activations shrink to (1 - 0.75 * 0.5) of the plain ones.
     # (res2 of this basic-block net gains a shortcut convolution where it enters the octave split.)

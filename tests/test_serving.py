@@ -32,7 +32,6 @@ from octvideo.serving.classifier import EXAMPLE_SIZE, TOP_K
 from octvideo.serving.model_files import FILES
 from octvideo.train.config import ClipConfig
 from octvideo.train.model_registry import model_metadata, register_trained_model
-
 from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,7 +45,7 @@ class Store:
     """A SQLite MLflow store holding ``models:/tiny@champion``, what registering it logged, and the network."""
 
     uri: str
-    logged: "_Records"
+    logged: _Records
     model: torch.nn.Module
 
 
@@ -61,7 +60,7 @@ class _Records(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         self.records.append(record)
 
-    def __enter__(self) -> "_Records":
+    def __enter__(self) -> _Records:
         logging.getLogger("mlflow").addHandler(self)
         self._catch = warnings.catch_warnings(record=True)
         self.warnings = self._catch.__enter__()

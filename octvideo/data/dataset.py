@@ -42,7 +42,13 @@ from octvideo.data.fetch import VideoFetcher
 from octvideo.data.manifest import Manifest, load_manifest
 from octvideo.data.sampling import ClipPlan, ClipSpec, Mode, multiview_plans, train_plan, val_plan
 from octvideo.data.storage import (
-    DEFAULT_RETRY, NO_RETRY, RetryPolicy, StorageUnavailable, bounded_storage_options, retry_call, retry_storage_call,
+    DEFAULT_RETRY,
+    NO_RETRY,
+    RetryPolicy,
+    StorageUnavailable,
+    bounded_storage_options,
+    retry_call,
+    retry_storage_call,
 )
 from octvideo.data.transforms import EvalTransform, TrainTransform
 from octvideo.data.video_errors import VideoDecodeError, is_storage_hiccup
@@ -287,7 +293,10 @@ class KineticsDataset(Dataset):
             plans, clips = self._decode(
                 self.manifest[video].url,
                 lambda duration: [
-                    replace(train_plan(duration, self.clip_spec, _rng(seed, epoch, first + t * self.train_crops, attempt, _START)), clip_index=t)
+                    replace(
+                        train_plan(duration, self.clip_spec, _rng(seed, epoch, first + t * self.train_crops, attempt, _START)),
+                        clip_index=t,
+                    )
                     for t in range(self.train_clips)
                 ],
                 short_side,
@@ -531,7 +540,7 @@ class KineticsLoader:
                 # then waits 5 s for each before killing it. Drop the iterator and those frames
                 # (the worker's traceback is in the message) so that they stop now.
                 del batches
-                raise error.with_traceback(None)
+                raise error.with_traceback(None)  # noqa: B904 - the same error, re-raised without those frames
             self.tracker.update(batch)
             yield batch
         self.tracker.check(final=True)

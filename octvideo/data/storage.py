@@ -72,7 +72,7 @@ class RetryPolicy:
         return base * random.uniform(0.5, 1.0)
 
     @classmethod
-    def for_outages_up_to(cls, seconds: float) -> "RetryPolicy":
+    def for_outages_up_to(cls, seconds: float) -> RetryPolicy:
         """Retry for ``seconds`` in all (the time bounds it, not the number of attempts)."""
         return cls(max_attempts=2**31, max_total_sec=seconds)
 
@@ -86,12 +86,12 @@ class StorageUnavailable(RuntimeError):
     longer than the retry policy allows: an outage, not a problem of one file."""
 
     @classmethod
-    def after(cls, what: str, seconds: float, error: BaseException) -> "StorageUnavailable":
+    def after(cls, what: str, seconds: float, error: BaseException) -> StorageUnavailable:
         """The error for ``what`` (say, "reading s3://...") failing with ``error`` for ``seconds``."""
         return cls.failed(f"{what} kept failing for {seconds:.0f} s", error)
 
     @classmethod
-    def failed(cls, what: str, error: BaseException) -> "StorageUnavailable":
+    def failed(cls, what: str, error: BaseException) -> StorageUnavailable:
         """The error for ``what`` failing with the transient ``error``, after the caller's retries."""
         return cls(
             f"storage unavailable: {what} ({type(error).__name__}: {error}); "

@@ -8,7 +8,7 @@ ZeRO states are stored by that order), so keep it when editing.
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple, Type, Union
+from collections.abc import Sequence
 
 from torch import nn
 
@@ -23,10 +23,10 @@ from octvideo.nn import (
     octave_add,
 )
 
-Channels = Union[int, OctaveChannels]
+Channels = int | OctaveChannels
 
 
-def kernel_shape(dims: int, *, temporal: int, spatial: int) -> Tuple[int, ...]:
+def kernel_shape(dims: int, *, temporal: int, spatial: int) -> tuple[int, ...]:
     """``(temporal, spatial, spatial)`` in 3-D, ``(spatial, spatial)`` in 2-D."""
     return (temporal, spatial, spatial) if dims == 3 else (spatial, spatial)
 
@@ -41,11 +41,11 @@ class ConvBN(nn.Module):
         *,
         in_channels: Channels,
         out_channels: int,
-        kernel: Tuple[int, ...],
-        stride: Optional[Tuple[int, ...]] = None,
+        kernel: tuple[int, ...],
+        stride: tuple[int, ...] | None = None,
         alpha_in: float = 0.0,
         alpha_out: float = 0.0,
-        octave_pool: Tuple[int, ...],
+        octave_pool: tuple[int, ...],
         relu: bool,
     ) -> None:
         super().__init__()
@@ -77,11 +77,11 @@ def shortcut(
     *,
     in_channels: Channels,
     out_channels: int,
-    stride: Tuple[int, ...],
+    stride: tuple[int, ...],
     alpha_in: float,
     alpha_out: float,
-    octave_pool: Tuple[int, ...],
-) -> Optional[ConvBN]:
+    octave_pool: tuple[int, ...],
+) -> ConvBN | None:
     """A block's projection shortcut (a strided 1 x 1 ``ConvBN``), or None where the input can be
     added as it is: same channels, stride 1 and the same octave split."""
     in_total = in_channels if isinstance(in_channels, int) else sum(in_channels)
@@ -106,7 +106,7 @@ class ResidualBlock(nn.Module):
     ``downsample`` (from :func:`shortcut`) and ``relu``, and defines ``residual`` and ``out_split``."""
 
     expansion = 1
-    downsample: Optional[ConvBN]
+    downsample: ConvBN | None
     relu: nn.Module
 
     @property
@@ -140,7 +140,7 @@ class Bottleneck(ResidualBlock):
         temporal_kernel: int = 1,
         alpha_in: float = 0.0,
         alpha: float = 0.0,
-        octave_pool: Tuple[int, ...],
+        octave_pool: tuple[int, ...],
     ) -> None:
         super().__init__()
         strides = kernel_shape(dims, temporal=1, spatial=stride)
@@ -188,7 +188,7 @@ class BasicBlock(ResidualBlock):
         temporal_kernel: int = 1,
         alpha_in: float = 0.0,
         alpha: float = 0.0,
-        octave_pool: Tuple[int, ...],
+        octave_pool: tuple[int, ...],
     ) -> None:
         super().__init__()
         strides = kernel_shape(dims, temporal=1, spatial=stride)
@@ -215,7 +215,7 @@ class BasicBlock(ResidualBlock):
         return self.conv2(self.conv1(x))
 
 
-Block = Type[ResidualBlock]
+Block = type[ResidualBlock]
 
 
 def make_stage(
@@ -228,10 +228,10 @@ def make_stage(
     stride: int,
     alpha_in: float,
     alpha: float,
-    octave_pool: Tuple[int, ...],
+    octave_pool: tuple[int, ...],
 ) -> nn.Sequential:
     """One ResNet stage: ``len(temporal_kernels)`` blocks, the first one strided and changing width/split."""
-    blocks: List[nn.Module] = []
+    blocks: list[nn.Module] = []
     for i, temporal in enumerate(temporal_kernels):
         blocks.append(
             block(
@@ -250,8 +250,8 @@ def make_stage(
 
 
 def stage_alphas(
-    alpha: float, *, last_stage_alpha: Optional[float], num_classes: int, num_stages: int = 4
-) -> List[float]:
+    alpha: float, *, last_stage_alpha: float | None, num_classes: int, num_stages: int = 4
+) -> list[float]:
     """Check a network's arguments and return the per-stage alpha: ``alpha`` everywhere but the
     last stage, which runs at ``last_stage_alpha`` (0 by default, as in the official Oct-ResNets)."""
     if num_classes < 1:

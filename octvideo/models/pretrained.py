@@ -33,8 +33,9 @@ SlowFast from a 2-D checkpoint is not offered: its fast pathway and lateral conn
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Dict, Literal, Mapping, Tuple, get_args
+from typing import Literal, get_args
 
 import torch
 from torch import nn
@@ -70,7 +71,7 @@ class PretrainedLoad:
         return self.head != "loaded"
 
 
-def unwrap_state_dict(checkpoint: object) -> Dict[str, torch.Tensor]:
+def unwrap_state_dict(checkpoint: object) -> dict[str, torch.Tensor]:
     """The state dict in ``checkpoint``: itself, or the ``model_state`` of a pytorchvideo hub /
     PySlowFast checkpoint dict. ``ValueError`` when it holds no state dict."""
     if isinstance(checkpoint, Mapping) and isinstance(checkpoint.get("model_state"), Mapping):
@@ -185,8 +186,8 @@ def _check_architecture(model: nn.Module, naming: str, source_dims: int, source_
 
 
 def _head(
-    model: nn.Module, state: Dict[str, torch.Tensor], naming: str, policy: HeadPolicy
-) -> Tuple[Dict[str, torch.Tensor], str]:
+    model: nn.Module, state: dict[str, torch.Tensor], naming: str, policy: HeadPolicy
+) -> tuple[dict[str, torch.Tensor], str]:
     """The source without its classifier when the model's is to stay, and what happened to the head."""
     weight_key, bias_key = _HEAD_KEYS[naming]
     if weight_key not in state:
@@ -203,7 +204,7 @@ def _head(
     return state, "loaded"
 
 
-def _inflate(model: nn.Module, state: Dict[str, torch.Tensor], naming: str, rule: InflateRule) -> Dict[str, torch.Tensor]:
+def _inflate(model: nn.Module, state: dict[str, torch.Tensor], naming: str, rule: InflateRule) -> dict[str, torch.Tensor]:
     """``state`` with every 2-D convolution kernel inflated to its target layer's temporal size
     (``state`` itself when it is 3-D already, or the model is 2-D)."""
     modules = dict(model.named_modules())
@@ -228,7 +229,7 @@ def inflate_kernel(weight: torch.Tensor, frames: int, rule: InflateRule) -> torc
     return kernel
 
 
-def _load_octave(model: nn.Module, state: Dict[str, torch.Tensor], keep: Tuple[str, ...]) -> None:
+def _load_octave(model: nn.Module, state: dict[str, torch.Tensor], keep: tuple[str, ...]) -> None:
     """Load an octave model's weights into a model of the same architecture and split."""
     own = {k: v for k, v in model.state_dict().items() if not any(k.startswith(m + ".") for m in keep)}
     split = _split_difference(state, own)
@@ -248,7 +249,7 @@ def _load_octave(model: nn.Module, state: Dict[str, torch.Tensor], keep: Tuple[s
     model.load_state_dict(state, strict=not keep)
 
 
-def _low_outputs(state: Mapping[str, torch.Tensor]) -> Dict[str, Tuple[int, int]]:
+def _low_outputs(state: Mapping[str, torch.Tensor]) -> dict[str, tuple[int, int]]:
     """Each octave layer's (low-frequency, all) output channels, by layer name."""
     layers = {}
     for key, weight in state.items():

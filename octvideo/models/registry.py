@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import difflib
-from typing import Callable, Dict, List, Optional
+from collections.abc import Callable
 
 from torch import nn
 
-_BUILDERS: Dict[str, Callable[..., nn.Module]] = {}
-_VANILLA: Dict[str, str] = {}
+_BUILDERS: dict[str, Callable[..., nn.Module]] = {}
+_VANILLA: dict[str, str] = {}
 
 
-def register_model(vanilla: Optional[str] = None) -> Callable:
+def register_model(vanilla: str | None = None) -> Callable:
     """Register a builder under its function name; ``vanilla`` names the plain twin it can load."""
 
     def decorate(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
@@ -23,16 +23,16 @@ def register_model(vanilla: Optional[str] = None) -> Callable:
     return decorate
 
 
-def list_models() -> List[str]:
+def list_models() -> list[str]:
     return sorted(_BUILDERS)
 
 
-def vanilla_twin(name: str) -> Optional[str]:
+def vanilla_twin(name: str) -> str | None:
     """The reference network a model equals at alpha = 0, e.g. ``"torchvision.resnet50"``."""
     return _VANILLA.get(name)
 
 
-def similar_models(name: str) -> List[str]:
+def similar_models(name: str) -> list[str]:
     """Registered names that look like ``name`` (a typo's likely intent), closest first."""
     return difflib.get_close_matches(name, _BUILDERS, n=3)
 

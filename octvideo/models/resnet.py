@@ -9,7 +9,7 @@ last stage runs at alpha = 0 unless asked otherwise (the official Oct-ResNets).
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -24,7 +24,7 @@ from .registry import register_model
 I3D_TEMPORAL_PATTERN = ((3,), (3, 1), (3, 1), (1, 3))
 
 
-def _repeat(pattern: Sequence[int], n: int) -> Tuple[int, ...]:
+def _repeat(pattern: Sequence[int], n: int) -> tuple[int, ...]:
     return tuple(pattern[i % len(pattern)] for i in range(n))
 
 
@@ -60,8 +60,8 @@ class ResNet(nn.Module):
         temporal_pool_after_res2: bool = True,
         width: int = 64,
         alpha: float = 0.0,
-        last_stage_alpha: Optional[float] = None,
-        octave_pool: Optional[Tuple[int, ...]] = None,
+        last_stage_alpha: float | None = None,
+        octave_pool: tuple[int, ...] | None = None,
         num_classes: int = 400,
         dropout: float = 0.5,
         in_channels: int = 3,

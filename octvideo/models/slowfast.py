@@ -12,8 +12,8 @@ group the slow low group.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import partial
-from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -31,7 +31,7 @@ class Lateral(nn.Module):
     """Fast -> slow fusion: time-strided convolution, batch norm and ReLU, then channel concat."""
 
     def __init__(
-        self, fast: OctaveChannels, *, alpha: float, speed_ratio: int, kernel: int, octave_pool: Tuple[int, int, int]
+        self, fast: OctaveChannels, *, alpha: float, speed_ratio: int, kernel: int, octave_pool: tuple[int, int, int]
     ) -> None:
         super().__init__()
         self.fuse = ConvBN(
@@ -79,8 +79,8 @@ class SlowFast(nn.Module):
         speed_ratio: int = 4,
         lateral_kernel: int = 7,
         alpha: float = 0.0,
-        last_stage_alpha: Optional[float] = None,
-        octave_pool: Tuple[int, int, int] = (1, 2, 2),
+        last_stage_alpha: float | None = None,
+        octave_pool: tuple[int, int, int] = (1, 2, 2),
         num_classes: int = 400,
         dropout: float = 0.5,
         in_channels: int = 3,
@@ -136,7 +136,7 @@ class SlowFast(nn.Module):
         self.num_features = slow_in.total + fast_in.total
         self.fc = nn.Linear(self.num_features, num_classes)
 
-    def example_input(self, frames: int = 8, size: int = 224, batch: int = 1) -> List[torch.Tensor]:
+    def example_input(self, frames: int = 8, size: int = 224, batch: int = 1) -> list[torch.Tensor]:
         """Random ``[slow, fast]`` clips: ``frames`` slow frames, ``speed_ratio`` times as many fast ones."""
         channels = self.slow_stem[0].conv.in_split.total
         return [
@@ -144,7 +144,7 @@ class SlowFast(nn.Module):
             torch.randn(batch, channels, frames * self.speed_ratio, size, size),
         ]
 
-    def forward_features(self, clips: Sequence[torch.Tensor]) -> Tuple[Octave, Octave]:
+    def forward_features(self, clips: Sequence[torch.Tensor]) -> tuple[Octave, Octave]:
         slow, fast = clips
         slow, fast = self.slow_stem(slow), self.fast_stem(fast)
         for lateral, slow_stage, fast_stage in zip(self.laterals, self.slow_layers, self.fast_layers):

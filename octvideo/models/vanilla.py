@@ -11,7 +11,7 @@ same function as the source network.
 from __future__ import annotations
 
 import re
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -25,7 +25,7 @@ _BN_FIELDS = ("weight", "bias", "running_mean", "running_var")
 _CONV_LETTER = {"a": "1", "b": "2", "c": "3"}
 
 
-def _pytorchvideo_block(prefix: str, rest: str) -> Optional[str]:
+def _pytorchvideo_block(prefix: str, rest: str) -> str | None:
     """``res_blocks.B.branch2.conv_a`` -> ``{prefix}.B.conv1.conv`` and friends."""
     rules = (
         (r"res_blocks\.(\d+)\.branch2\.conv_([abc])$", lambda m: f"{m[1]}.conv{_CONV_LETTER[m[2]]}.conv"),
@@ -40,7 +40,7 @@ def _pytorchvideo_block(prefix: str, rest: str) -> Optional[str]:
     return None
 
 
-def _i3d_module(name: str) -> Optional[str]:
+def _i3d_module(name: str) -> str | None:
     stage_of_block = {"1": "layer1", "3": "layer2", "4": "layer3", "5": "layer4"}
     fixed = {"blocks.0.conv": "stem.conv", "blocks.0.norm": "stem.bn", "blocks.6.proj": "fc"}
     if name in fixed:
@@ -51,7 +51,7 @@ def _i3d_module(name: str) -> Optional[str]:
     return None
 
 
-def _slowfast_module(name: str) -> Optional[str]:
+def _slowfast_module(name: str) -> str | None:
     pathway = {"0": "slow", "1": "fast"}
     match = re.match(r"blocks\.0\.multipathway_blocks\.([01])\.(conv|norm)$", name)
     if match:
@@ -65,7 +65,7 @@ def _slowfast_module(name: str) -> Optional[str]:
     return "fc" if name == "blocks.6.proj" else None
 
 
-def _torchvision_module(name: str) -> Optional[str]:
+def _torchvision_module(name: str) -> str | None:
     rules = (
         (r"conv1$", lambda m: "stem.conv"),
         (r"bn1$", lambda m: "stem.bn"),
@@ -82,7 +82,7 @@ def _torchvision_module(name: str) -> Optional[str]:
     return None
 
 
-def _concat_order(slow: OctaveChannels, lateral: OctaveChannels) -> List[int]:
+def _concat_order(slow: OctaveChannels, lateral: OctaveChannels) -> list[int]:
     """Plain channel indices of ``cat(slow, lateral)`` in octave order (high groups, then low groups)."""
     s, total = slow.total, slow.total + lateral.total
     high = list(range(0, slow.high)) + list(range(s, s + lateral.high))
@@ -90,7 +90,7 @@ def _concat_order(slow: OctaveChannels, lateral: OctaveChannels) -> List[int]:
     return high + low
 
 
-def _slowfast_input_orders(model: SlowFast) -> Dict[str, List[int]]:
+def _slowfast_input_orders(model: SlowFast) -> dict[str, list[int]]:
     """The slow convolutions that read ``cat(slow, lateral)`` need their input channels reordered."""
     orders = {}
     slow = model.slow_stem[0].out_split
@@ -102,7 +102,7 @@ def _slowfast_input_orders(model: SlowFast) -> Dict[str, List[int]]:
     return orders
 
 
-def _split_conv(conv: OctConv, key: str, weight: torch.Tensor, order: Optional[List[int]]) -> Dict[str, torch.Tensor]:
+def _split_conv(conv: OctConv, key: str, weight: torch.Tensor, order: list[int] | None) -> dict[str, torch.Tensor]:
     expected = (conv.out_split.total, conv.in_split.total // conv.groups, *conv.kernel_size)
     if tuple(weight.shape) != expected:
         raise ValueError(f"{key}: plain weight has shape {tuple(weight.shape)}, the octave layer needs {expected}")
@@ -118,13 +118,13 @@ def _split_conv(conv: OctConv, key: str, weight: torch.Tensor, order: Optional[L
     return {f"weight_{path}": parts[path] for path in conv.path_weights()}
 
 
-def _split_channels(values: torch.Tensor, split: OctaveChannels) -> Tuple[torch.Tensor, torch.Tensor]:
+def _split_channels(values: torch.Tensor, split: OctaveChannels) -> tuple[torch.Tensor, torch.Tensor]:
     return values[: split.high], values[split.high :]
 
 
 #: The plain networks whose parameter names :func:`load_vanilla_weights` reads, and how each
 #: names this project's modules.
-NAMINGS: Dict[str, Callable[[str], Optional[str]]] = {
+NAMINGS: dict[str, Callable[[str], str | None]] = {
     "pytorchvideo_i3d": _i3d_module,
     "pytorchvideo_slowfast": _slowfast_module,
     "torchvision": _torchvision_module,
@@ -141,7 +141,7 @@ def default_naming(model: nn.Module) -> str:
     raise ValueError(f"no plain twin is known for {type(model).__name__}")
 
 
-def plain_names(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+def plain_names(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """An alpha = 0 state dict of this project renamed as a plain network would name it
     (``conv.weight_hh`` -> ``conv.weight``, ``bn.high.running_mean`` -> ``bn.running_mean``),
     for :func:`load_vanilla_weights` with ``naming="octvideo"``."""
@@ -153,7 +153,7 @@ def plain_names(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tenso
 
 
 def load_vanilla_weights(
-    model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, naming: Optional[str] = None, keep: Sequence[str] = ()
+    model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, naming: str | None = None, keep: Sequence[str] = ()
 ) -> None:
     """Fill ``model`` (an Oct model of any alpha) from a plain network's ``state_dict``.
 
@@ -171,7 +171,7 @@ def load_vanilla_weights(
     orders = _slowfast_input_orders(model) if isinstance(model, SlowFast) else {}
 
     modules = dict(model.named_modules())
-    target: Dict[str, torch.Tensor] = {}
+    target: dict[str, torch.Tensor] = {}
     unused = []
     for key, value in state_dict.items():
         module_name, _, field = key.rpartition(".")

@@ -17,7 +17,7 @@ Under ``torch.compile`` the plain call is traced, so that Inductor sees a convol
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

@@ -14,12 +14,12 @@ has no bfloat16 CPU kernel for ``avg_pool3d``).
 from __future__ import annotations
 
 import math
-from typing import List, Sequence, Tuple
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 
-Factor = Tuple[int, ...]
+Factor = tuple[int, ...]
 
 
 def memory_format_of(x: torch.Tensor) -> torch.memory_format:
@@ -30,7 +30,7 @@ def memory_format_of(x: torch.Tensor) -> torch.memory_format:
     return torch.contiguous_format
 
 
-def low_size(high: Sequence[int], factor: Factor) -> Tuple[int, ...]:
+def low_size(high: Sequence[int], factor: Factor) -> tuple[int, ...]:
     return tuple(math.ceil(s / f) for s, f in zip(high, factor))
 
 
@@ -38,7 +38,7 @@ def _divides(shape: Sequence[int], factor: Factor) -> bool:
     return all(size % f == 0 for size, f in zip(shape, factor))
 
 
-def _blocked_shapes(low_shape: Sequence[int], factor: Factor) -> Tuple[List[int], List[int]]:
+def _blocked_shapes(low_shape: Sequence[int], factor: Factor) -> tuple[list[int], list[int]]:
     """Shapes that view a high tensor as (..., l0, f0, l1, f1, ...) and a low one as (..., l0, 1, l1, 1, ...)."""
     blocked, low_view = list(low_shape[:2]), list(low_shape[:2])
     for size, f in zip(low_shape[2:], factor):
@@ -47,7 +47,7 @@ def _blocked_shapes(low_shape: Sequence[int], factor: Factor) -> Tuple[List[int]
     return blocked, low_view
 
 
-def _broadcast_views(high: torch.Tensor, low: torch.Tensor, factor: Factor) -> Tuple[torch.Tensor, torch.Tensor]:
+def _broadcast_views(high: torch.Tensor, low: torch.Tensor, factor: Factor) -> tuple[torch.Tensor, torch.Tensor]:
     """Views that broadcast each cell of ``low`` over its block of ``high`` (whose sizes ``factor``
     divides). On contiguous tensors the last dimension is widened first, in one copy of ``low``,
     so that the innermost loop runs along rows rather than over pairs of elements (adding a
@@ -62,7 +62,7 @@ def _broadcast_views(high: torch.Tensor, low: torch.Tensor, factor: Factor) -> T
 
 def _pad_to_multiple(x: torch.Tensor, factor: Factor) -> torch.Tensor:
     """Zero-pad the end of each dimension up to a multiple of its factor."""
-    pad: List[int] = []
+    pad: list[int] = []
     for size, f in reversed(list(zip(x.shape[2:], factor))):
         pad += [0, (-size) % f]
     return F.pad(x, pad) if any(pad) else x

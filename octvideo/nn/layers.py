@@ -3,12 +3,11 @@ works unchanged for alpha = 0 (plain tensors) and alpha > 0 (``(high, low)`` pai
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import torch
-from torch import nn
-
 import torch.nn.functional as F
+from torch import nn
 
 from .grid import memory_format_of
 from .octave import Octave, OctaveChannels, octave_map, pack, unpack
@@ -22,7 +21,7 @@ class OctaveBatchNorm(nn.Module):
         norm: Callable[..., nn.Module] = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}[dims]
         self.channels = channels
         self.high = norm(channels.high, **bn_kwargs)
-        self.low: Optional[nn.Module] = norm(channels.low, **bn_kwargs) if channels.low else None
+        self.low: nn.Module | None = norm(channels.low, **bn_kwargs) if channels.low else None
 
     def forward(self, x: Octave) -> Octave:
         high, low = unpack(x)

@@ -8,11 +8,12 @@ package looks inside the pair; networks just pass it along.
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Optional, Sequence, Tuple, Union
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import torch
 
-Octave = Union[torch.Tensor, Tuple[torch.Tensor, Optional[torch.Tensor]]]
+Octave = torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]
 
 
 class OctaveChannels(NamedTuple):
@@ -41,7 +42,7 @@ def split_channels(channels: int, alpha: float, name: str = "alpha") -> OctaveCh
     return OctaveChannels(channels - low, low)
 
 
-def as_channels(channels: Union[int, Sequence[int]], alpha: float, name: str) -> OctaveChannels:
+def as_channels(channels: int | Sequence[int], alpha: float, name: str) -> OctaveChannels:
     """Accept a total (split by ``alpha``) or an explicit ``(high, low)`` split."""
     if isinstance(channels, int):
         return split_channels(channels, alpha, name)
@@ -51,7 +52,7 @@ def as_channels(channels: Union[int, Sequence[int]], alpha: float, name: str) ->
     return OctaveChannels(int(high), int(low))
 
 
-def unpack(x: Octave) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+def unpack(x: Octave) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``(high, low)`` for a pair, ``(x, None)`` for a plain tensor."""
     if isinstance(x, torch.Tensor):
         return x, None
@@ -59,7 +60,7 @@ def unpack(x: Octave) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     return high, low
 
 
-def pack(high: torch.Tensor, low: Optional[torch.Tensor]) -> Octave:
+def pack(high: torch.Tensor, low: torch.Tensor | None) -> Octave:
     """The inverse of :func:`unpack`: a plain tensor when there is no low group."""
     return high if low is None else (high, low)
 

@@ -26,7 +26,7 @@ plain strided convolution.
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Tuple, Union
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -36,11 +36,11 @@ from .grid import add_upsampled_, downsample, low_size
 from .octave import Octave, OctaveChannels, as_channels, pack, unpack
 from .octconv_function import Geometry, fused_octave_conv
 
-IntOrTuple = Union[int, Sequence[int]]
-ChannelSpec = Union[int, Sequence[int]]
+IntOrTuple = int | Sequence[int]
+ChannelSpec = int | Sequence[int]
 
 
-def _ntuple(value: IntOrTuple, n: int, name: str) -> Tuple[int, ...]:
+def _ntuple(value: IntOrTuple, n: int, name: str) -> tuple[int, ...]:
     if isinstance(value, int):
         return (value,) * n
     value = tuple(int(v) for v in value)
@@ -73,7 +73,7 @@ class OctConv(nn.Module):
         dilation: IntOrTuple = 1,
         groups: int = 1,
         bias: bool = False,
-        octave_pool: Optional[IntOrTuple] = None,
+        octave_pool: IntOrTuple | None = None,
     ) -> None:
         super().__init__()
         n = self.dims
@@ -184,7 +184,7 @@ class OctConv(nn.Module):
 
     # -- forward --------------------------------------------------------------------------------
 
-    def _conv(self, x: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Tensor], stride, groups: int):
+    def _conv(self, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, stride, groups: int):
         return convolution(x, w, bias, stride, self.padding, self.dilation, groups)
 
     def forward(self, x: Octave) -> Octave:
@@ -227,7 +227,7 @@ class OctConv(nn.Module):
                 y_h = add_upsampled_(y_h, self._conv(x_l, self.weight_lh, None, one, self.groups), self.octave_pool)
         return pack(y_h, y_l)
 
-    def _check_input(self, x_h: torch.Tensor, x_l: Optional[torch.Tensor]) -> None:
+    def _check_input(self, x_h: torch.Tensor, x_l: torch.Tensor | None) -> None:
         if x_h.dim() != self.dims + 2:
             raise ValueError(f"{type(self).__name__} expects {self.dims + 2}-D input, got shape {tuple(x_h.shape)}")
         got = OctaveChannels(x_h.shape[1], 0 if x_l is None else x_l.shape[1])

@@ -29,7 +29,6 @@ X_L directly and lands on the high grid without upsampling.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Tuple
 
 import torch
 
@@ -39,10 +38,10 @@ from .grid import add_down_adjoint_, add_upsampled_, block_sum, down_adjoint, do
 
 @dataclass(frozen=True)
 class Geometry:
-    stride: Tuple[int, ...]
-    octave_pool: Tuple[int, ...]
-    padding: Tuple[int, ...]
-    dilation: Tuple[int, ...]
+    stride: tuple[int, ...]
+    octave_pool: tuple[int, ...]
+    padding: tuple[int, ...]
+    dilation: tuple[int, ...]
 
     @property
     def strided(self) -> bool:
@@ -67,7 +66,7 @@ def _conv_backward(grad, x, w, has_bias: bool, geometry: Geometry, mask):
     )
 
 
-def _forward(g: Geometry, b_h, b_l, x_h, x_l, w_hh, w_hl, w_lh, w_ll) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+def _forward(g: Geometry, b_h, b_l, x_h, x_l, w_hh, w_hl, w_lh, w_ll) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The layer's output, without autograd: what the function's forward computes, and all
     that runs when no gradient is needed (inference)."""
     xs_h = downsample(x_h, g.stride)
@@ -144,7 +143,7 @@ class _OctaveConv(torch.autograd.Function):
         return (None, out["b_h"], out["b_l"], out["x_h"], out["x_l"], out["w_hh"], out["w_hl"], out["w_lh"], out["w_ll"])
 
 
-def _autocast_dtype(x: torch.Tensor) -> Optional[torch.dtype]:
+def _autocast_dtype(x: torch.Tensor) -> torch.dtype | None:
     """The dtype autocast runs a convolution of ``x`` in, or None when autocast is off on ``x``'s device."""
     device = x.device.type
     if torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device):
@@ -154,12 +153,12 @@ def _autocast_dtype(x: torch.Tensor) -> Optional[torch.dtype]:
 
 def fused_octave_conv(
     x_h: torch.Tensor,
-    x_l: Optional[torch.Tensor],
+    x_l: torch.Tensor | None,
     weights: dict,
-    bias_h: Optional[torch.Tensor],
-    bias_l: Optional[torch.Tensor],
+    bias_h: torch.Tensor | None,
+    bias_l: torch.Tensor | None,
     geometry: Geometry,
-) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``(Y_H, Y_L)`` of an ungrouped octave layer; ``weights`` maps path names (hh, hl, lh, ll) to weights.
 
     Under ``torch.autocast`` the layer computes in the autocast dtype, as a plain convolution
@@ -172,7 +171,7 @@ def fused_octave_conv(
     if dtype is None:
         return _run(geometry, tensors)
 
-    def cast(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    def cast(t: torch.Tensor | None) -> torch.Tensor | None:
         # Autocast's rule: float64 is left alone.
         return t if t is None or t.dtype == torch.float64 else t.to(dtype)
 
@@ -180,7 +179,7 @@ def fused_octave_conv(
         return _run(geometry, tuple(map(cast, tensors)))
 
 
-def _run(geometry: Geometry, tensors: tuple) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+def _run(geometry: Geometry, tensors: tuple) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Through the autograd function when a gradient is needed, else the forward alone."""
     if not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)):
         return _forward(geometry, *tensors)

@@ -16,7 +16,7 @@ rebuilds the network from the model's files.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -64,8 +64,8 @@ class VideoClassifier(PythonModel):
         self.speed_ratio = getattr(self.network.model, "speed_ratio", None)
 
     def predict(
-        self, context: PythonModelContext, model_input: np.ndarray, params: Optional[Dict[str, Any]] = None
-    ) -> List[List[Dict[str, Any]]]:
+        self, context: PythonModelContext, model_input: np.ndarray, params: dict[str, Any] | None = None
+    ) -> list[list[dict[str, Any]]]:
         views = torch.stack([self.transform(clip) for clip in torch.from_numpy(np.ascontiguousarray(model_input))])
         with torch.no_grad():
             probs = torch.softmax(self.network.model(network_input(views, self.speed_ratio)), dim=-1)

@@ -10,9 +10,10 @@ index); ``clip.json`` the clip settings (:class:`~octvideo.train.config.ClipConf
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -29,13 +30,13 @@ class RegisteredNetwork:
     """A network rebuilt from its files, in eval mode, with its class names (by index) and clip settings."""
 
     model: nn.Module
-    class_names: List[str]
+    class_names: list[str]
     clip: ClipConfig
 
 
 def write_model_files(
     model: nn.Module, build_kwargs: Mapping[str, Any], label_map: Mapping[str, int], clip: ClipConfig, folder: Path
-) -> Dict[str, str]:
+) -> dict[str, str]:
     """Write ``model`` (built by ``build_model(model.model_name, **build_kwargs)``) and what
     classifying with it needs into ``folder``; the artifact name -> path of each file."""
     paths = {name: str(folder / file) for name, file in FILES.items()}

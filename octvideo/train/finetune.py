@@ -13,7 +13,7 @@ group alike.
 from __future__ import annotations
 
 import logging
-from typing import Iterable, List, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from torch import nn
 
@@ -52,7 +52,7 @@ def freeze(model: nn.Module, parts: Sequence[str]) -> None:
             parameter.requires_grad_(False)
 
 
-def frozen_batch_norms(model: nn.Module, parts: Sequence[str], all_statistics: bool) -> List[nn.Module]:
+def frozen_batch_norms(model: nn.Module, parts: Sequence[str], all_statistics: bool) -> list[nn.Module]:
     """The batch norms that keep their statistics: those under ``parts``, or all with ``all_statistics``."""
     return [
         module for name, module in model.named_modules()

@@ -157,7 +157,8 @@ def synthetic_datasets(args: argparse.Namespace) -> Callable[[str], SyntheticCli
              "test": args.batch * args.world_size}
 
     def datasets(mode: str) -> SyntheticClips:
-        bad = frozenset(range(0, sizes[mode], max(1, sizes[mode] // max(args.bad_videos, 1)))[: args.bad_videos]) if mode == "train" else frozenset()
+        every = max(1, sizes[mode] // max(args.bad_videos, 1))
+        bad = frozenset(range(0, sizes[mode], every)[: args.bad_videos]) if mode == "train" else frozenset()
         return SyntheticClips(sizes[mode], args.classes, mode, bad=bad, **clip)
 
     return datasets

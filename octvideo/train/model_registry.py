@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional
+from typing import TYPE_CHECKING, Any
 
 from octvideo.train.config import ClipConfig
 
@@ -39,9 +40,9 @@ class Registration:
     name: str
     version: str
     test_top1: float
-    aliases: List[str]
-    previous_champion: Optional[str] = None
-    previous_champion_top1: Optional[float] = None
+    aliases: list[str]
+    previous_champion: str | None = None
+    previous_champion_top1: float | None = None
     model_uri: str = field(default="")
 
     @property
@@ -51,7 +52,7 @@ class Registration:
 
 def model_metadata(
     model_name: str, build_kwargs: Mapping[str, Any], label_map: Mapping[str, int], clip: ClipConfig
-) -> Dict[str, Any]:
+) -> dict[str, Any]:
     """The ``octvideo`` entry of the MLmodel metadata."""
     return {
         "model_name": model_name,
@@ -72,14 +73,15 @@ def register_trained_model(
     clip: ClipConfig,
     test_top1: float,
     global_step: int,
-    description: Optional[str] = None,
+    description: str | None = None,
 ) -> Registration:
     """Log ``model`` (built by ``build_model(model.model_name, **build_kwargs)``) to MLflow run
     ``run_id``, register it as a new version of ``registered_name`` and set its aliases.
 
     A champion without a recorded test top-1 is replaced. The weights of run ``run_id`` at
     ``global_step`` are registered once: a run submitted again after it finished gets back the
-    version it already has. ``description`` (say, what the run started from) becomes the version's. Call this after training: it sets the process's MLflow tracking URI
+    version it already has. ``description`` (say, what the run started from) becomes the version's.
+    Call this after training: it sets the process's MLflow tracking URI
     and, like :meth:`MLflowTracker.close`, ends the run."""
     import mlflow
     import torch
@@ -131,7 +133,7 @@ def register_trained_model(
     )
 
 
-def _champion(client: Any, name: str) -> tuple[Optional[str], Optional[float]]:
+def _champion(client: Any, name: str) -> tuple[str | None, float | None]:
     """The champion's version and test top-1 (None when it has no recorded top-1)."""
     from mlflow.exceptions import MlflowException
 

@@ -13,7 +13,7 @@ group's own base rate.
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Mapping, Tuple
+from collections.abc import Mapping
 
 import torch
 from torch import nn
@@ -36,10 +36,10 @@ def learning_rate(epoch: float, config: OptimConfig) -> float:
 
 def parameter_groups(
     model: nn.Module, weight_decay: float, decay_norm_and_bias: bool, lr: float, lr_mult: Mapping[str, float] | None = None
-) -> List[Dict]:
+) -> list[dict]:
     """Weights that decay, and norm parameters and biases (1-D tensors) that do not, each split by
     learning-rate multiplier; the groups at the plain rate first (the rate the job reports)."""
-    groups: Dict[Tuple[float, bool], List[nn.Parameter]] = {}
+    groups: dict[tuple[float, bool], list[nn.Parameter]] = {}
     for name, parameter in model.named_parameters():
         if parameter.requires_grad:
             decays = decay_norm_and_bias or parameter.ndim > 1

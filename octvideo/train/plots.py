@@ -1,5 +1,6 @@
 """Figures of a training run, from plain arrays: training curves, confusion matrix, per-class
-accuracy (from :func:`octvideo.train.evaluate.confusion_matrix`). Each returns a matplotlib ``Figure`` for ``tracker.log_figure(figure, "plots/x.png")``.
+accuracy (from :func:`octvideo.train.evaluate.confusion_matrix`). Each returns a matplotlib
+``Figure`` for ``tracker.log_figure(figure, "plots/x.png")``.
 
 Figures are made without pyplot: no display or global backend is needed (they render with Agg),
 and they are freed like any object instead of staying in pyplot's figure list.
@@ -7,7 +8,7 @@ and they are freed like any object instead of staying in pyplot's figure list.
 
 from __future__ import annotations
 
-from typing import Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -31,7 +32,7 @@ def plot_training_curves(
     return fig
 
 
-def plot_confusion_matrix(matrix: np.ndarray, class_names: Optional[Sequence[str]] = None) -> Figure:
+def plot_confusion_matrix(matrix: np.ndarray, class_names: Sequence[str] | None = None) -> Figure:
     """Rows normalised to the share of each true class; class names shown up to 40 classes."""
     matrix = np.asarray(matrix, dtype=np.float64)
     shares = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
@@ -52,7 +53,7 @@ def plot_confusion_matrix(matrix: np.ndarray, class_names: Optional[Sequence[str
     return fig
 
 
-def plot_per_class_accuracy(matrix: np.ndarray, class_names: Optional[Sequence[str]] = None) -> Figure:
+def plot_per_class_accuracy(matrix: np.ndarray, class_names: Sequence[str] | None = None) -> Figure:
     """Accuracy of each class from a confusion matrix, sorted worst first (the ones to look at)."""
     matrix = np.asarray(matrix, dtype=np.float64)
     accuracy = np.diag(matrix) / np.maximum(matrix.sum(axis=1), 1)

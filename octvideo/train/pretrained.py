@@ -23,7 +23,11 @@ import torch
 from torch import nn
 
 from octvideo.data.storage import (
-    bounded_storage_options, filesystem, storage_error_message, storage_errors, with_deadline,
+    bounded_storage_options,
+    filesystem,
+    storage_error_message,
+    storage_errors,
+    with_deadline,
 )
 from octvideo.models import PretrainedLoad, load_pretrained
 from octvideo.train.checkpoint import load_weights, save_weights

@@ -12,7 +12,8 @@ import hashlib
 import json
 import posixpath
 import warnings
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from mlflow.data.dataset_source import DatasetSource
 from mlflow.data.meta_dataset import MetaDataset
@@ -61,14 +62,14 @@ class ManifestURL(DatasetSource):
         return False
 
     @classmethod
-    def _resolve(cls, raw_source: Any) -> "ManifestURL":
+    def _resolve(cls, raw_source: Any) -> ManifestURL:
         return cls(str(raw_source))
 
     def to_dict(self) -> dict[str, Any]:
         return {"url": self.url}
 
     @classmethod
-    def from_dict(cls, source_dict: dict[Any, Any]) -> "ManifestURL":
+    def from_dict(cls, source_dict: dict[Any, Any]) -> ManifestURL:
         return cls(source_dict["url"])
 
 
@@ -119,7 +120,8 @@ def run_description(config: ExperimentConfig, manifests: Mapping[str, Manifest],
         f"Data: {redact_url(data.train_manifest)} ({len(train):,} videos); validated on "
         f"{redact_url(data.val_manifest)} ({len(val):,} videos); {test}.",
         f"Precision {config.deepspeed.precision}, DeepSpeed ZeRO-{config.deepspeed.zero_stage}, "
-        f"{scaling.num_workers} workers on {'GPUs' if scaling.use_gpu else 'CPUs'}, {config.optim.epochs} epoch{'s' if config.optim.epochs != 1 else ''}.",
+        f"{scaling.num_workers} workers on {'GPUs' if scaling.use_gpu else 'CPUs'}, "
+        f"{config.optim.epochs} epoch{'s' if config.optim.epochs != 1 else ''}.",
     ]
     if model.pretrained is not None:
         lines.append(f"Started from {redact_url(model.pretrained.source)}.")

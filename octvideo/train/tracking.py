@@ -40,18 +40,19 @@ import re
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from itertools import islice
 from pathlib import Path
-from typing import Any, Dict, Iterator, Mapping, Optional, Protocol, Sequence
+from typing import Any, Protocol
 from urllib.error import URLError
 from urllib.request import urlopen
 
 import yaml
 
 from octvideo.train.config import ExperimentConfig, config_to_dict, flatten
-from octvideo.train.plots import plot_training_curves
 from octvideo.train.model_registry import Registration, register_trained_model
+from octvideo.train.plots import plot_training_curves
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +83,7 @@ class TrackingUnavailable(RuntimeError):
         return type(self), (self.uri, self.detail)
 
 
-def resolve_tracking_uri(configured: Optional[str] = None) -> str:
+def resolve_tracking_uri(configured: str | None = None) -> str:
     """The configured URI, else ``MLFLOW_TRACKING_URI``, else ``sqlite:///<cwd>/mlflow.db``."""
     return configured or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
@@ -115,7 +116,7 @@ def _environment_secrets() -> set:
     return {v for k, v in os.environ.items() if len(v) >= 8 and _looks_secret(k.lower())}
 
 
-def redact(mapping: Mapping[str, Any]) -> Dict[str, Any]:
+def redact(mapping: Mapping[str, Any]) -> dict[str, Any]:
     """A copy of a nested mapping without credentials: keys that name one (key, secret, token,
     password, session_token, ...), values containing a credential-like environment variable, and
     user info in URLs (``s3://user:pass@host`` -> ``s3://host``)."""
@@ -142,7 +143,7 @@ def redact_url(url: str) -> str:
     return redact({"url": url}).get("url", "<redacted>")
 
 
-def config_params(config: ExperimentConfig) -> Dict[str, str]:
+def config_params(config: ExperimentConfig) -> dict[str, str]:
     """The flattened, redacted config as MLflow params, keys and values cut to MLflow's limits."""
     from mlflow.utils.validation import MAX_ENTITY_KEY_LENGTH, MAX_PARAM_VAL_LENGTH
 
@@ -156,7 +157,7 @@ def config_params(config: ExperimentConfig) -> Dict[str, str]:
 
 _quick_lock = threading.Lock()
 _quick_users = 0  # threads inside _quick_requests
-_quick_saved: Dict[str, Optional[str]] = {}  # the settings they replaced
+_quick_saved: dict[str, str | None] = {}  # the settings they replaced
 
 
 @contextmanager
@@ -188,7 +189,7 @@ def _quick_requests(timeout_sec: float) -> Iterator[None]:
 class Tracker(Protocol):
     """What the training loop calls; :class:`MLflowTracker` on rank 0, :class:`NullTracker` elsewhere."""
 
-    run_id: Optional[str]
+    run_id: str | None
     resumed: bool  # the run existed: a re-submission of its name
 
     def log_config(self, config: ExperimentConfig) -> None: ...
@@ -203,7 +204,7 @@ class Tracker(Protocol):
     def log_training_curves(
         self, keys: Sequence[str], artifact_file: str = "plots/training_curves.png", x_label: str = "step"
     ) -> None: ...
-    def register_trained_model(self, model: Any, registered_name: str, **details: Any) -> Optional[Registration]: ...
+    def register_trained_model(self, model: Any, registered_name: str, **details: Any) -> Registration | None: ...
     def system_metrics(self) -> AbstractContextManager[None]: ...
     def flush(self, timeout_sec: float = 60.0) -> int: ...
     def close(self, status: str = "FINISHED") -> None: ...
@@ -212,7 +213,7 @@ class Tracker(Protocol):
 class NullTracker:
     """The tracker of ranks other than 0: every call does nothing."""
 
-    run_id: Optional[str] = None
+    run_id: str | None = None
     resumed = False
 
     def log_config(self, config: ExperimentConfig) -> None:
@@ -247,7 +248,7 @@ class NullTracker:
     ) -> None:
         pass
 
-    def register_trained_model(self, model: Any, registered_name: str, **details: Any) -> Optional[Registration]:
+    def register_trained_model(self, model: Any, registered_name: str, **details: Any) -> Registration | None:
         return None
 
     def system_metrics(self) -> AbstractContextManager[None]:
@@ -280,7 +281,7 @@ class MLflowTracker:
         *,
         max_buffered: int = MAX_BUFFERED_METRICS,
         request_timeout_sec: float = REQUEST_TIMEOUT_SEC,
-        system_metrics_every_s: Optional[float] = None,
+        system_metrics_every_s: float | None = None,
     ) -> None:
         self.tracking_uri = tracking_uri
         self.system_metrics_every_s = system_metrics_every_s  # None: no system metrics
@@ -291,8 +292,8 @@ class MLflowTracker:
         self._dropped = 0
         self._retry_now = False  # a flush asks the sender not to wait out its backoff
         self._changed = threading.Condition()  # guards the four above; never held during a request
-        self._sender: Optional[threading.Thread] = None  # started on first use in the process
-        self._last_step: Dict[str, int] = {}  # sender thread only; per metric: the highest step MLflow has
+        self._sender: threading.Thread | None = None  # started on first use in the process
+        self._last_step: dict[str, int] = {}  # sender thread only; per metric: the highest step MLflow has
         self._failing = False  # sender thread only
         if "'" in run_name or "\\" in run_name:
             raise ValueError(f"run name {run_name!r} must not contain quotes or backslashes")
@@ -321,7 +322,7 @@ class MLflowTracker:
             self._client = MlflowClient(self.tracking_uri)
         return self._client
 
-    def __getstate__(self) -> Dict[str, Any]:
+    def __getstate__(self) -> dict[str, Any]:
         # A copy in another process asks MLflow which steps it has (another copy may have logged),
         # and makes its own client and sender thread.
         with self._changed:
@@ -330,7 +331,7 @@ class MLflowTracker:
                 "_changed": None, "_sender": None,
             }
 
-    def __setstate__(self, state: Dict[str, Any]) -> None:
+    def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state, _changed=threading.Condition())
 
     def _experiment_id(self, name: str) -> str:
@@ -458,7 +459,7 @@ class MLflowTracker:
         if curves:
             self.log_figure(plot_training_curves(curves, x_label), artifact_file)
 
-    def register_trained_model(self, model: Any, registered_name: str, **details: Any) -> Optional[Registration]:
+    def register_trained_model(self, model: Any, registered_name: str, **details: Any) -> Registration | None:
         """Log ``model`` to this run and register it in the MLflow Model Registry
         (:func:`octvideo.train.model_registry.register_trained_model` with ``details``); ends the MLflow run."""
         self.flush()
@@ -557,7 +558,7 @@ class MLflowTracker:
 
     def _unlogged(self, batch: Sequence[Any], client: Any) -> list:
         """The metrics of ``batch`` whose step MLflow does not have yet (the first one of each step)."""
-        through: Dict[str, int] = {}
+        through: dict[str, int] = {}
         new = []
         for metric in batch:
             if metric.key not in through:
@@ -581,7 +582,7 @@ def _metric(key: str, value: float, step: int) -> Any:
     return Metric(key, float(value), int(time.time() * 1000), int(step))
 
 
-def start_tracker(config: ExperimentConfig, rank: int, run_name: Optional[str] = None) -> Tracker:
+def start_tracker(config: ExperimentConfig, rank: int, run_name: str | None = None) -> Tracker:
     """Rank 0: check the tracking server (raising :class:`TrackingUnavailable`), then open the
     run named ``run_name`` (default ``checkpoint.name``). Other ranks: a :class:`NullTracker`."""
     if rank != 0:

@@ -23,6 +23,7 @@ from octvideo.data import decode
 from octvideo.data.decode import VideoInfo, VideoReader, decode_clip, decode_clips, probe_video
 from octvideo.data.storage import NO_RETRY, RetryPolicy
 from octvideo.data.video_errors import REASONS, VideoDecodeError
+
 from .videos import (
     HTML_ERROR_PAGE,
     clip_indices,

@@ -27,6 +27,7 @@ from octvideo.data.inspect import (
     write_report,
 )
 from octvideo.data.storage import NO_RETRY
+
 from .videos import (
     HTML_ERROR_PAGE,
     random_bytes,

@@ -28,6 +28,7 @@ from octvideo.data.prepare import (
     run_prepare,
 )
 from octvideo.data.synthetic import write_synthetic_kinetics
+
 from .videos import HTML_ERROR_PAGE, truncated, with_corrupt_mdat, write_bytes, write_video
 
 REPO = Path(__file__).resolve().parents[2]

@@ -16,8 +16,8 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from tests.faults.proxy import FaultyProxy
 from octvideo.train.tracking import RUN_NAME_TAG
+from tests.faults.proxy import FaultyProxy
 from tests.jobs import EXPERIMENT, stack_with_tiny_data, submit, write_config
 from tests.stack import LocalStack
 

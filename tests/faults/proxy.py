@@ -14,7 +14,6 @@ import time
 
 from tests.stack import free_ports
 
-
 _REQUEST_LINE = re.compile(rb"^((?:GET|HEAD|PUT|POST|DELETE) \S+) HTTP/", re.M)
 
 

@@ -13,7 +13,13 @@ import fsspec
 
 from tests.faults.conftest import FaultStack, submit_during
 from tests.jobs import (
-    STEPS_PER_EPOCH, checkpoint_registered, experiment, step_history, tracked_run, training_workers, wait_for,
+    STEPS_PER_EPOCH,
+    checkpoint_registered,
+    experiment,
+    step_history,
+    tracked_run,
+    training_workers,
+    wait_for,
 )
 
 RUN = "octvideo-demo/runs/torn"
@@ -57,7 +63,8 @@ def test_crash_while_writing_a_checkpoint_resumes_from_the_previous_one(faults: 
     whole_names = {path.rsplit("/", 1)[-1] for path in torn["whole"]}
     partial = sorted(name for name in torn["folders"] if name.startswith("checkpoint_2") and name not in whole_names)
     assert partial, f"no partial checkpoint in S3 at the crash: {sorted(torn['folders'])}"
-    assert f"resumed from {RUN}/{last_whole}" in job.stdout, (last_whole, [line for line in job.stdout.splitlines() if "resumed from" in line])
+    resumes = [line for line in job.stdout.splitlines() if "resumed from" in line]
+    assert f"resumed from {RUN}/{last_whole}" in job.stdout, (last_whole, resumes)
     client, run = tracked_run(faults.stack, "torn")
     assert run.info.status == "FINISHED"
     assert step_history(client, run.info.run_id) == list(range(1, 2 * STEPS_PER_EPOCH + 1))

@@ -10,7 +10,13 @@ import pytest
 
 from tests.faults.conftest import FaultStack, submit_during
 from tests.jobs import (
-    STEPS_PER_EPOCH, checkpoint_registered, experiment, step_history, tracked_run, wait_for, worker_starts,
+    STEPS_PER_EPOCH,
+    checkpoint_registered,
+    experiment,
+    step_history,
+    tracked_run,
+    wait_for,
+    worker_starts,
 )
 
 OUTAGE_SEC = 8

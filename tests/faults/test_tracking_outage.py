@@ -8,7 +8,14 @@ import time
 
 from tests.faults.conftest import FaultStack, logged_step, submit_during
 from tests.jobs import (
-    STEPS_PER_EPOCH, experiment, step_history, submit, tracked_run, wait_for, worker_starts, write_config,
+    STEPS_PER_EPOCH,
+    experiment,
+    step_history,
+    submit,
+    tracked_run,
+    wait_for,
+    worker_starts,
+    write_config,
 )
 
 OUTAGE_SEC = 15

@@ -145,7 +145,8 @@ PIPELINE_CASES = {
         config=MINIMAL.replace("alpha: 0.5", "alpah: 0.5"),
     ),
     "wrong_type": Case(
-        ("--config", "{tmp}/experiment.yaml"), ("optim.lr: Input should be a valid number, unable to parse string as a number, got 'fast'",),
+        ("--config", "{tmp}/experiment.yaml"),
+        ("optim.lr: Input should be a valid number, unable to parse string as a number, got 'fast'",),
         config=MINIMAL + "optim: {lr: fast}\n",
     ),
     "alpha_above_range": Case(
@@ -182,7 +183,8 @@ PIPELINE_CASES = {
         config=PRETRAINED.format(source="nowhere.pt"),
     ),
     "pretrained_corrupt": Case(
-        ("--config", "{tmp}/experiment.yaml"), ("model.pretrained.source: corrupt.pt is not a readable PyTorch checkpoint (Unsupported operand",),
+        ("--config", "{tmp}/experiment.yaml"),
+        ("model.pretrained.source: corrupt.pt is not a readable PyTorch checkpoint (Unsupported operand",),
         config=PRETRAINED.format(source="corrupt.pt"), seconds=PRETRAINED_SEC,
     ),
     "pretrained_wrong_architecture": Case(

@@ -13,7 +13,14 @@ from mlflow.tracking import MlflowClient
 
 from tests.faults.conftest import FaultStack, logged_step, submit_during
 from tests.jobs import (
-    EXPERIMENT, STEPS_PER_EPOCH, experiment, step_history, tracked_run, training_workers, wait_for, worker_starts,
+    EXPERIMENT,
+    STEPS_PER_EPOCH,
+    experiment,
+    step_history,
+    tracked_run,
+    training_workers,
+    wait_for,
+    worker_starts,
 )
 
 EPOCHS = 4
@@ -41,7 +48,11 @@ def test_workers_killed_at_random_steps_resume_and_log_every_step_once(faults: F
         for target in targets:
             # MLflow's step moves again only once the new workers are past the previous kill.
             step = max(target, last + 1)
-            if not wait_for(lambda: logged_step(faults, "kills") >= step and training_workers(since), timeout=300):
+
+            def restarted(step: int = step, since: float = since) -> bool:
+                return logged_step(faults, "kills") >= step and bool(training_workers(since))
+
+            if not wait_for(restarted, timeout=300):
                 return
             last = logged_step(faults, "kills")
             kills.append(last)

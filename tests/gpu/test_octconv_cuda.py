@@ -9,15 +9,14 @@ allowed 1e-4.
 """
 
 import copy
-from typing import Optional
 
 import pytest
 import torch
 import torch.nn.functional as F
-
 from nn.test_autocast import LAYERS_3D, ODD_3D, TOLERANCE, assert_close_to_scale, forward_backward, layer_and_input
+
 from octvideo.models import build_model
-from octvideo.nn import OctConv3d, Octave, octave_map
+from octvideo.nn import Octave, OctConv3d, octave_map
 
 DEVICE = "cuda"
 FP32_TOLERANCE = 1e-4
@@ -40,7 +39,7 @@ def on_cuda(x: Octave, memory_format: torch.memory_format) -> Octave:
     return octave_map(lambda t: t.to(DEVICE, memory_format=memory_format), x)
 
 
-def check(outs, grads, want_outs, want_grads, dtype: Optional[torch.dtype]) -> None:
+def check(outs, grads, want_outs, want_grads, dtype: torch.dtype | None) -> None:
     assert all(t.dtype == (dtype or torch.float32) for t in outs)
     assert all(g.dtype == torch.float32 for g in grads)  # fp32 inputs and weights get fp32 gradients
     tol = FP32_TOLERANCE if dtype is None else TOLERANCE[dtype]

@@ -464,7 +464,9 @@ def test_video_checkpoints_cannot_start_a_2d_model(pytorchvideo_i3d, octvideo_ti
 
 def test_octave_model_of_another_alpha(octvideo_tiny):
     model = build_model("oct_i3d_r50", alpha=0.25, num_classes=5, **TINY)
-    assert_clear_error(model, octvideo_tiny[0.5][1], r"frequency split differs from the model's \(.*alpha 0\.5; the model's: \d+, alpha 0\.25\)")
+    assert_clear_error(
+        model, octvideo_tiny[0.5][1], r"frequency split differs from the model's \(.*alpha 0\.5; the model's: \d+, alpha 0\.25\)"
+    )
     plain = build_model("oct_i3d_r50", num_classes=5, **TINY)
     assert_clear_error(plain, octvideo_tiny[0.5][1], r"alpha 0\.5; the model's: 0, alpha 0\)")
 

@@ -14,14 +14,14 @@ autocast alike: up to 7.5e-3 in bf16 (8-bit mantissa) and 9.4e-4 in fp16 (11-bit
 and 5e-3.
 """
 
-from typing import Callable, List, Optional, Tuple
+from collections.abc import Callable
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from octvideo.models import build_model
-from octvideo.nn import OctConv, OctConv2d, OctConv3d, Octave, OctaveBatchNorm, unpack
+from octvideo.nn import Octave, OctaveBatchNorm, OctConv, OctConv2d, OctConv3d, unpack
 
 from .test_octconv import octave_input, reference
 
@@ -38,8 +38,8 @@ def assert_close_to_scale(got: torch.Tensor, want: torch.Tensor, tol: float) -> 
 
 
 def forward_backward(
-    layer: Callable[[Octave], Octave], conv: OctConv, x: Octave, dtype: Optional[torch.dtype] = None
-) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+    layer: Callable[[Octave], Octave], conv: OctConv, x: Octave, dtype: torch.dtype | None = None
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """``layer(x)``, under autocast to ``dtype`` on ``x``'s device if given, and a backward with fixed
     random output gradients: the outputs, then the gradients of the inputs and of ``conv``'s parameters."""
     inputs = tuple(t.detach().clone().requires_grad_() for t in unpack(x) if t is not None)
@@ -80,7 +80,7 @@ LAYERS = [(OctConv3d, kwargs, ODD_3D) for kwargs in LAYERS_3D.values()] + [
 LAYER_IDS = [f"3d {name}" for name in LAYERS_3D] + [f"2d {name}" for name in LAYERS_2D]
 
 
-def layer_and_input(cls: type, kwargs: dict, size: Tuple[int, ...]) -> Tuple[OctConv, Octave]:
+def layer_and_input(cls: type, kwargs: dict, size: tuple[int, ...]) -> tuple[OctConv, Octave]:
     torch.manual_seed(0)
     conv = cls(**kwargs)
     return conv, octave_input(kwargs["in_channels"], kwargs["alpha_in"], size, conv.octave_pool)

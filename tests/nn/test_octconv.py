@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from octvideo.nn import OctConv2d, OctConv3d, OctaveBatchNorm, octave_add, octave_cat, split_channels
+from octvideo.nn import OctaveBatchNorm, OctConv2d, OctConv3d, octave_add, octave_cat, split_channels
 
 
 def octave_input(channels: int, alpha: float, size, octave_pool=(1, 2, 2), batch: int = 2):
@@ -123,10 +123,10 @@ def test_gradients_reach_all_four_paths():
 def test_pair_helpers():
     a = octave_input(8, 0.5, (2, 4, 4))
     b = octave_input(8, 0.5, (2, 4, 4))
-    h, l = octave_add(a, b)
-    torch.testing.assert_close(h, a[0] + b[0])
-    h, l = octave_cat([a, b])
-    assert h.shape[1] == 8 and l.shape[1] == 8
+    high, low = octave_add(a, b)
+    torch.testing.assert_close(high, a[0] + b[0])
+    high, low = octave_cat([a, b])
+    assert high.shape[1] == 8 and low.shape[1] == 8
     with pytest.raises(ValueError, match="plain tensor"):
         octave_add(a, a[0])
 

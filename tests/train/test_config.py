@@ -2,7 +2,7 @@
 
 import pytest
 
-from octvideo.train.config import ConfigError, flatten, load_config, config_to_dict
+from octvideo.train.config import ConfigError, config_to_dict, flatten, load_config
 
 MINIMAL = """
 model: {name: oct_i3d_r18, alpha: 0.5, width: 16}

@@ -20,10 +20,19 @@ import fsspec
 import pytest
 
 from tests.jobs import (
-    STEPS_PER_EPOCH, checkpoint_registered, experiment, stack_with_tiny_data, step_history, submit, tracked_run,
-    wait_for, worker_starts, write_config,
+    STEPS_PER_EPOCH,
+    checkpoint_registered,
+    experiment,
+    stack_with_tiny_data,
+    step_history,
+    submit,
+    tracked_run,
+    wait_for,
+    worker_starts,
+    write_config,
 )
 from tests.stack import LocalStack, is_loopback, is_ray_process
+
 
 @pytest.fixture(scope="module")
 def stack():

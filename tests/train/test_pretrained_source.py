@@ -13,8 +13,8 @@ from mlflow.tracking import MlflowClient
 
 from octvideo.models import build_model
 from octvideo.train.config import ClipConfig, ConfigError, parse_config
-from octvideo.train.pretrained import read_start, start_file, start_from_source, write_start
 from octvideo.train.model_registry import register_trained_model
+from octvideo.train.pretrained import read_start, start_file, start_from_source, write_start
 
 OPTIONS = {"alpha": 0.5, "width": 8, "num_classes": 3}
 CLASSES = ["archery", "bowling", "cooking"]

@@ -24,8 +24,8 @@ from octvideo.data import load_manifest
 from octvideo.models import build_model
 from octvideo.train.config import ClipConfig, parse_config
 from octvideo.train.evaluate import confusion_matrix
-from octvideo.train.plots import plot_confusion_matrix, plot_per_class_accuracy, plot_training_curves
 from octvideo.train.model_registry import CANDIDATE, CHAMPION, register_trained_model
+from octvideo.train.plots import plot_confusion_matrix, plot_per_class_accuracy, plot_training_curves
 from octvideo.train.run_summary import DESCRIPTION_TAG, manifest_dataset
 from octvideo.train.tracking import (
     MLflowTracker,
