@@ -57,6 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from octvideo.data.storage import StorageUnavailable
     from octvideo.train.job import prepare_job, run_job, training_failure
+    from octvideo.train.report_lines import run_line
     from octvideo.train.tracking import TrackingUnavailable
 
     try:
@@ -72,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{parser.prog}: error: {_one_line(training_failure(error))}", file=sys.stderr)
         return 1
     logger = logging.getLogger(parser.prog)
-    logger.info("final metrics %s", outcome.result.metrics)
+    logger.info("run %s done: %s", config.checkpoint.name, run_line(outcome.result.metrics))
     logger.info("fp32 weights: %s", outcome.weights_path)
     logger.info("MLflow run: %s", outcome.tracking_run_id)
     if outcome.registration is not None:

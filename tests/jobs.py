@@ -24,6 +24,9 @@ DATA = "s3://octvideo-demo/tiny"
 STEPS_PER_EPOCH = 3  # 6 training videos, 2 workers, 1 clip per batch
 EXPERIMENT = "job-tests"
 _WORKER_START = re.compile(r"worker (\d+) of \d+ on node ([0-9a-f]+) \((\w+)\) starts at step (\d+)")
+_STEP_LINE = re.compile(r"\(RayTrainWorker pid=\d+\)\S* step (\d+)  epoch \d+\.\d\d  loss \d+\.\d{3}  lr \S+  clips/s \d+\.\d  data-wait \d+%")
+_RAY_REPEATS = re.compile(r"\[repeated (\d+)x across cluster\]")
+_WORKER_PID = re.compile(r"\(RayTrainWorker pid=(\d+)\)")
 
 
 def experiment(
@@ -104,6 +107,23 @@ def step_history(client: MlflowClient, run_id: str) -> list[int]:
 def worker_starts(job_output: str) -> list[tuple[int, str, int]]:
     """(rank, Ray node id, first step) of every training worker the job started, in order."""
     return [(int(rank), node, int(step)) for rank, node, _, step in _WORKER_START.findall(job_output)]
+
+
+def step_lines(job_output: str) -> list[int]:
+    """The steps of the workers' compact progress lines (one per report, rank 0) in the job's log, in order."""
+    return [int(step) for step in _STEP_LINE.findall(job_output)]
+
+
+def occurrences(job_output: str, text: str) -> int:
+    """Lines of the job's log holding ``text``, counting those Ray's log deduplication folded into
+    one "[repeated Nx across cluster]" line."""
+    lines = [line for line in job_output.splitlines() if text in line]
+    return sum(int(m.group(1)) if (m := _RAY_REPEATS.search(line)) else 1 for line in lines)
+
+
+def training_worker_pids(job_output: str) -> set[int]:
+    """The processes of Ray Train workers that wrote to the job's log."""
+    return {int(pid) for pid in _WORKER_PID.findall(job_output)}
 
 
 def checkpoint_registered(run_name: str) -> bool:

@@ -192,7 +192,7 @@ class OptimConfig(_Section):
 
 
 class DeepSpeedConfig(_Section):
-    """DeepSpeed settings; bf16 / fp16 run as autocast over fp32 weights (octvideo.train.engine)."""
+    """DeepSpeed settings; bf16 / fp16 run as autocast over fp32 weights (octvideo.train.deepspeed_config)."""
 
     zero_stage: Literal[0, 1, 2, 3] = 0
     precision: Literal["bf16", "fp16", "fp32"] = "bf16"

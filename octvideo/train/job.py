@@ -8,7 +8,7 @@ The run lives in ``{checkpoint.storage_path}/{checkpoint.name}`` (a folder or an
 URL shared by all nodes); running the same name again resumes from its latest checkpoint, and a
 failed worker is replaced and resumes from it too (``checkpoint.max_failures`` times). When
 training is done the workers export the fp32 weights as ``model_fp32.pt`` in the run folder
-(a plain fp32 ``state_dict`` for :func:`~octvideo.train.engine.build_network`), the training curves
+(a plain fp32 ``state_dict`` for :func:`~octvideo.train.network.build_network`), the training curves
 are drawn from MLflow's history of the whole run, and the model is registered under
 ``tracking.registered_model_name`` with the test top-1 that decides its aliases.
 """
@@ -28,16 +28,15 @@ from octvideo.data import Manifest, load_manifest, model_input
 from octvideo.data.storage import (
     RetryPolicy, StorageUnavailable, is_transient, retry_storage_call, storage_error_message, storage_errors,
 )
-from octvideo.models import build_model
+from octvideo.models import PretrainedLoad, build_model
 from octvideo.profile import profile_model
 from octvideo.train.checkpoint import load_weights
 from octvideo.train.config import ConfigError, ExperimentConfig, check_inputs, config_to_dict
-from octvideo.models import PretrainedLoad
-from octvideo.train.engine import build_network, network_options
 from octvideo.train.finetune import check_parts
 from octvideo.train.loop import WEIGHTS_FILE, run_storage, train_loop_per_worker
-from octvideo.train.pretrained import start_file, start_from_source, write_start
 from octvideo.train.model_registry import Registration
+from octvideo.train.network import build_network, network_options
+from octvideo.train.pretrained import start_file, start_from_source, write_start
 from octvideo.train.run_summary import DESCRIPTION_TAG, MANIFEST_CONTEXTS, manifest_datasets, run_description
 from octvideo.train.tracking import Tracker, start_tracker
 
@@ -193,7 +192,6 @@ def run_job(job: PreparedJob) -> JobResult:
     tracker.log_training_curves(EPOCH_CURVES, "plots/epoch_curves.png", x_label="epoch")
     registration = _register(job, state, result.metrics or {})
     tracker.close()
-    logger.info("run %s done: %s; weights at %s", config.checkpoint.name, result.metrics, weights)
     return JobResult(result, weights, registration, tracker.run_id)
 
 

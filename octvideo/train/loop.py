@@ -37,6 +37,7 @@ from octvideo.train.config import ExperimentConfig, parse_config
 from octvideo.train.pretrained import read_start, start_file
 from octvideo.train.trainer import Trainer
 from octvideo.train.tracking import NullTracker
+from octvideo.train.worker_logs import quiet_library_logs
 
 logger = logging.getLogger(__name__)
 
@@ -48,8 +49,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """Ray Train's per-worker function. ``loop_config``: ``config`` (an ExperimentConfig as a
     dict) and optional ``tracker`` (called on rank 0)."""
     config = parse_config(loop_config["config"])
-    logging.getLogger("fsspec").setLevel(logging.WARNING)  # not a line per cache block in the job's log
-    logging.getLogger("ray.data").setLevel(logging.WARNING)  # not a line per epoch's pipeline (data.ingest: ray_data)
+    quiet_library_logs(config.scaling.use_gpu)
     run = RayRun(RetryPolicy.for_outages_up_to(config.checkpoint.storage_timeout_s))
     tracker = loop_config.get("tracker") or NullTracker()
     Trainer(config, run, functools.partial(kinetics_dataset, config), tracker).fit()

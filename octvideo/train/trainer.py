@@ -24,6 +24,8 @@ sampler starts the epoch after the batches already done, so they are not loaded 
 Batch norm: running statistics are averaged over the ranks before every evaluation and before
 the export, so every rank evaluates the same network and the export is the run's, not rank 0's.
 
+Log (rank 0): one line per report and one per epoch (:mod:`octvideo.train.report_lines`).
+
 Tracking: the tracker (:class:`~octvideo.train.tracking.Tracker`) is used on rank 0 only (the
 others get a :class:`~octvideo.train.tracking.NullTracker`): every
 report's metrics by global step, each epoch's by epoch, the node's system metrics while
@@ -52,6 +54,7 @@ from octvideo.train.engine import build_engine, fp32_state_dict
 from octvideo.train.evaluate import Evaluation, evaluate
 from octvideo.train.finetune import describe_finetuning, frozen_batch_norms, keep_statistics
 from octvideo.train.plots import plot_confusion_matrix, plot_per_class_accuracy
+from octvideo.train.report_lines import epoch_line, step_line
 from octvideo.train.tracking import NullTracker, Tracker
 
 if TYPE_CHECKING:
@@ -255,10 +258,10 @@ class Trainer:
                 class_names = self.train_loader.dataset.manifest.class_names
                 self.tracker.log_figure(plot_confusion_matrix(test.confusion, class_names), "plots/test_confusion_matrix.png")
                 self.tracker.log_figure(plot_per_class_accuracy(test.confusion, class_names), "plots/test_per_class_accuracy.png")
-        if self.rank == 0:
-            logger.info("epoch %d done: %s", self.state.epoch, metrics)
         self.tracker.log_epoch_metrics(metrics, self.state.epoch)
         self._report(metrics, checkpoint=True)
+        if self.rank == 0:
+            logger.info("%s", epoch_line(self.state.epoch, metrics))
 
     def _check_bad_videos(self, tried: int, bad: int) -> None:
         """Raise the same TooManyBadVideos on every rank past the run's limit; rank 0 logs the
@@ -286,6 +289,8 @@ class Trainer:
         }
         self.tracker.log_metrics(metrics, self.engine.global_steps)
         self.run.report(metrics, self.engine, self.state if checkpoint else None)
+        if self.rank == 0:
+            logger.info("%s", step_line(metrics))
 
     def finish(self) -> None:
         """Export the fp32 weights (rank 0 writes them) and send what tracking still holds."""

@@ -19,9 +19,9 @@ import torch.multiprocessing as mp
 from octvideo.models import build_model, load_pretrained
 from octvideo.train.checkpoint import load_weights
 from octvideo.train.config import ConfigError, parse_config
-from octvideo.train.engine import build_network
 from octvideo.train.finetune import check_parts, learning_rate_multiplier
 from octvideo.train.harness import LocalRun, harness_config, parse_args, synthetic_datasets
+from octvideo.train.network import build_network
 from octvideo.train.pretrained import START_FILE, write_start
 from octvideo.train.trainer import Trainer
 

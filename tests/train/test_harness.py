@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 import torch
 
-from octvideo.train.engine import build_network
 from octvideo.train.config import ModelConfig
+from octvideo.train.network import build_network
 
 STEPS = 4  # per epoch and rank; 2 clips a step, 2 ranks: 16 training videos
 TRAIN_VIDEOS = STEPS * 2 * 2

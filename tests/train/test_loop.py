@@ -17,7 +17,8 @@ import yaml
 
 from octvideo.data import write_synthetic_kinetics
 from octvideo.train.config import ExperimentConfig, parse_config
-from octvideo.train.engine import build_network, deepspeed_config
+from octvideo.train.deepspeed_config import deepspeed_config
+from octvideo.train.network import build_network
 from octvideo.train.tracking import NullTracker
 
 ray = pytest.importorskip("ray")

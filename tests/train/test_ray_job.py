@@ -19,8 +19,8 @@ import pytest
 from octvideo.data import write_synthetic_kinetics
 from octvideo.train.model_registry import CANDIDATE, CHAMPION, TOP1_TAG
 from tests.jobs import (
-    STEPS_PER_EPOCH, checkpoint_registered, experiment, stack_with_tiny_data, step_history, submit, tracked_run,
-    training_workers, wait_for, worker_starts, write_config,
+    STEPS_PER_EPOCH, checkpoint_registered, experiment, occurrences, stack_with_tiny_data, step_history, step_lines,
+    submit, tracked_run, training_worker_pids, training_workers, wait_for, worker_starts, write_config,
 )
 from tests.stack import BIN, LocalStack
 
@@ -34,6 +34,7 @@ def stack():
 def test_zero2_job_tracks_registers_and_predicts(stack: LocalStack) -> None:
     job = submit(stack, write_config("zero2", experiment("zero2", epochs=2, zero_stage=2)))
     assert "registered tiny version 1" in job.stdout
+    assert_log_is_readable(job.stdout, epochs=2)
 
     client, run = tracked_run(stack, "zero2")
     assert run.data.params["deepspeed.zero_stage"] == "2" and run.data.params["model.alpha"] == "0.5"
@@ -64,6 +65,22 @@ def test_zero2_job_tracks_registers_and_predicts(stack: LocalStack) -> None:
     assert predicted.returncode == 0, predicted.stderr
     assert video.split("/")[-1] in predicted.stdout
     assert sum(name in predicted.stdout for name in ("moving_left", "moving_right", "moving_up")) == 3  # top-5 of 3
+
+
+def assert_log_is_readable(output: str, epochs: int) -> None:
+    """One compact line per report (rank 0, every step here) and per epoch; no line repeated per
+    report, epoch or storage client; nothing a user cannot act on."""
+    assert step_lines(output) == list(range(1, epochs * STEPS_PER_EPOCH + 1)), output[-6000:]
+    for epoch in range(1, epochs + 1):
+        assert occurrences(output, f"epoch {epoch} done  val video top-1 ") == 1, output[-6000:]
+    assert occurrences(output, "  test video top-1 ") == 2  # the last epoch's line and the driver's final line
+    assert f"run zero2 done: step {epochs * STEPS_PER_EPOCH}  epoch {epochs}.00  loss " in output
+    assert occurrences(output, "using label map") == 1  # the driver's
+    for noise in ("TrainingReport(", "Reporting training result", "built successfully", "Setting accelerator to CPU",
+                  "No CUDA runtime is found", "all_gather_into_tensor", "untested optimizer"):
+        assert noise not in output, noise
+    for library_line in ("Found credentials", "Found endpoint for s3"):  # at most once per worker process
+        assert occurrences(output, library_line) <= len(training_worker_pids(output)), library_line
 
 
 def test_resubmitting_resumes_the_run_and_moves_the_candidate(stack: LocalStack) -> None:
