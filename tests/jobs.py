@@ -24,7 +24,9 @@ DATA = "s3://octvideo-demo/tiny"
 STEPS_PER_EPOCH = 3  # 6 training videos, 2 workers, 1 clip per batch
 EXPERIMENT = "job-tests"
 _WORKER_START = re.compile(r"worker (\d+) of \d+ on node ([0-9a-f]+) \((\w+)\) starts at step (\d+)")
-_STEP_LINE = re.compile(r"\(RayTrainWorker pid=\d+\)\S* step (\d+)  epoch \d+\.\d\d  loss \d+\.\d{3}  lr \S+  clips/s \d+\.\d  data-wait \d+%")
+_STEP_LINE = re.compile(
+    r"\(RayTrainWorker pid=\d+\)\S* step (\d+)  epoch \d+\.\d\d  loss \d+\.\d{3}  lr \S+  clips/s \d+\.\d  data-wait \d+%"
+)
 _RAY_REPEATS = re.compile(r"\[repeated (\d+)x across cluster\]")
 _WORKER_PID = re.compile(r"\(RayTrainWorker pid=(\d+)\)")
 

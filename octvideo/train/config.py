@@ -10,7 +10,8 @@ message that names the key; all problems are reported at once, as ``ConfigError`
 from __future__ import annotations
 
 import difflib
-from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple
+from collections.abc import Sequence
+from typing import Any, Literal
 
 import fsspec
 import yaml
@@ -40,7 +41,7 @@ class PretrainedConfig(_Section):
         description="auto: the classifier is re-initialised when the class count differs (a registered model: when its "
         "classes differ); reset: always; keep: a different count is an error",
     )
-    storage_options: Dict[str, Any] = Field(default_factory=dict, description="fsspec options for source")
+    storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options for source")
 
     @property
     def registered(self) -> bool:
@@ -50,12 +51,12 @@ class PretrainedConfig(_Section):
 class ModelConfig(_Section):
     name: str = "oct_i3d_r50"
     alpha: float = Field(0.0, ge=0.0, lt=1.0, description="share of low-frequency channels")
-    octave_pool: Tuple[int, int, int] = (1, 2, 2)
-    last_stage_alpha: Optional[float] = Field(None, ge=0.0, lt=1.0)
-    width: Optional[int] = Field(None, ge=1, description="base channel width; None: the model's default")
-    num_classes: Optional[int] = Field(None, ge=1, description="None: the number of classes in the label map")
-    pretrained: Optional[PretrainedConfig] = Field(None, description="weights to start from (a URL alone: its source)")
-    freeze: List[str] = Field(
+    octave_pool: tuple[int, int, int] = (1, 2, 2)
+    last_stage_alpha: float | None = Field(None, ge=0.0, lt=1.0)
+    width: int | None = Field(None, ge=1, description="base channel width; None: the model's default")
+    num_classes: int | None = Field(None, ge=1, description="None: the number of classes in the label map")
+    pretrained: PretrainedConfig | None = Field(None, description="weights to start from (a URL alone: its source)")
+    freeze: list[str] = Field(
         default_factory=list, description="parts (module names: stem, layer1, ...) whose weights and batch-norm statistics stay as loaded"
     )
     freeze_bn_stats: bool = Field(False, description="every batch norm keeps its loaded statistics (eval mode in training)")
@@ -84,7 +85,7 @@ class ModelConfig(_Section):
 
     @field_validator("octave_pool")
     @classmethod
-    def _pool(cls, pool: Tuple[int, int, int]) -> Tuple[int, int, int]:
+    def _pool(cls, pool: tuple[int, int, int]) -> tuple[int, int, int]:
         if pool not in ((1, 2, 2), (2, 2, 2)):
             raise ValueError(f"octave_pool must be [1, 2, 2] (spatial) or [2, 2, 2] (spatio-temporal), got {list(pool)}")
         return pool
@@ -96,18 +97,22 @@ class ClipConfig(_Section):
     num_frames: int = Field(8, ge=1)
     sampling_rate: int = Field(8, ge=1)
     target_fps: float = Field(30.0, gt=0)
-    train_short_side: Tuple[int, int] = (256, 320)
+    train_short_side: tuple[int, int] = (256, 320)
     crop: int = Field(224, ge=16, description="training crop")
-    flip_prob: float = Field(0.5, ge=0.0, le=1.0, description="training horizontal flips; 0 when a mirror turns one class into another (left / right motion)")
+    flip_prob: float = Field(
+        0.5, ge=0.0, le=1.0, description="training horizontal flips; 0 when a mirror turns one class into another (left / right motion)"
+    )
     eval_short_side: int = Field(256, ge=16)
     eval_crop: int = Field(256, ge=16, description="validation / test crop (PySlowFast tests 3 x 256 crops)")
-    train_clips: int = Field(1, ge=1, description="temporal clips per training video, from one decode (PySlowFast's TRAIN_CROP_NUM_TEMPORAL)")
+    train_clips: int = Field(
+        1, ge=1, description="temporal clips per training video, from one decode (PySlowFast's TRAIN_CROP_NUM_TEMPORAL)"
+    )
     train_crops: int = Field(1, ge=1, description="crops (with flips) per training clip (PySlowFast's AUG.NUM_SAMPLE); batches count clips")
     test_clips: int = Field(10, ge=1)
     test_crops: Literal[1, 3] = 3
 
     @model_validator(mode="after")
-    def _sizes(self) -> "ClipConfig":
+    def _sizes(self) -> ClipConfig:
         low, high = self.train_short_side
         if not 0 < low <= high:
             raise ValueError(f"train_short_side must be [min, max] with 0 < min <= max, got {[low, high]}")
@@ -123,9 +128,9 @@ class DataConfig(_Section):
 
     train_manifest: str
     val_manifest: str
-    test_manifest: Optional[str] = Field(None, description="None: the validation manifest (Kinetics test labels are not public)")
-    root: Optional[str] = Field(None, description="where videos lie; None: next to each manifest")
-    storage_options: Dict[str, Any] = Field(default_factory=dict)
+    test_manifest: str | None = Field(None, description="None: the validation manifest (Kinetics test labels are not public)")
+    root: str | None = Field(None, description="where videos lie; None: next to each manifest")
+    storage_options: dict[str, Any] = Field(default_factory=dict)
     clip: ClipConfig = ClipConfig()
     workers: int = Field(4, ge=0, description="DataLoader worker processes per training worker")
     prefetch_factor: int = Field(2, ge=1, description="batches each DataLoader worker keeps ready")
@@ -139,7 +144,7 @@ class DataConfig(_Section):
         "actor pool per training worker on any node with decoder_resources (CPU-only nodes included)",
     )
     decoders: int = Field(2, ge=1, description="ray_data: decode actors per training worker")
-    decoder_resources: Dict[str, float] = Field(
+    decoder_resources: dict[str, float] = Field(
         default_factory=lambda: {"CPU": 1.0},
         description='ray_data: what each decode actor asks of Ray, e.g. {"CPU": 1} or {"decode": 1} for nodes that offer it',
     )
@@ -150,12 +155,12 @@ class DataConfig(_Section):
 
     @field_validator("decoder_resources")
     @classmethod
-    def _non_negative_resources(cls, resources: Dict[str, float]) -> Dict[str, float]:
+    def _non_negative_resources(cls, resources: dict[str, float]) -> dict[str, float]:
         if not resources or any(not amount >= 0 for amount in resources.values()) or not any(resources.values()):
             raise ValueError(f'need amounts >= 0, not all 0, e.g. {{"CPU": 1}} or {{"decode": 1}}; got {resources}')
         return resources
 
-    def client_options(self, url: str) -> Dict[str, Any]:
+    def client_options(self, url: str) -> dict[str, Any]:
         """``storage_options`` for reading ``url``, each request bounded by ``storage_timeout_s``."""
         return bounded_storage_options(url, self.storage_options, self.storage_timeout_s)
 
@@ -171,21 +176,21 @@ class OptimConfig(_Section):
     warmup_start_lr: float = Field(0.01, ge=0.0)
     batch_size_per_worker: int = Field(8, ge=1)
     grad_accumulation: int = Field(1, ge=1)
-    clip_grad_norm: Optional[float] = Field(None, gt=0)
-    lr_mult: Dict[str, float] = Field(
+    clip_grad_norm: float | None = Field(None, gt=0)
+    lr_mult: dict[str, float] = Field(
         default_factory=dict, description="learning-rate multiplier per part (module name: fc, layer4, ...); the most specific part wins"
     )
 
     @field_validator("lr_mult")
     @classmethod
-    def _positive_multipliers(cls, lr_mult: Dict[str, float]) -> Dict[str, float]:
+    def _positive_multipliers(cls, lr_mult: dict[str, float]) -> dict[str, float]:
         bad = {part: m for part, m in lr_mult.items() if not m > 0}
         if bad:
             raise ValueError(f"learning-rate multipliers must be positive, got {bad}")
         return lr_mult
 
     @model_validator(mode="after")
-    def _warmup(self) -> "OptimConfig":
+    def _warmup(self) -> OptimConfig:
         if self.warmup_epochs >= self.epochs:
             raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must be fewer than epochs ({self.epochs})")
         return self
@@ -200,12 +205,12 @@ class DeepSpeedConfig(_Section):
         "fp32", description="dtype of the gradient all-reduce; the autocast dtype halves its traffic"
     )
     overlap_comm: bool = Field(True, description="ZeRO 2-3: reduce gradient buckets while the backward pass goes on")
-    reduce_bucket_size: Optional[int] = Field(None, ge=1, description="ZeRO 1-3: elements per gradient bucket; None: DeepSpeed's")
+    reduce_bucket_size: int | None = Field(None, ge=1, description="ZeRO 1-3: elements per gradient bucket; None: DeepSpeed's")
     offload_optimizer: bool = False
     offload_params: bool = False
 
     @model_validator(mode="after")
-    def _combinations(self) -> "DeepSpeedConfig":
+    def _combinations(self) -> DeepSpeedConfig:
         if self.communication_dtype != "fp32" and self.communication_dtype != self.precision:
             raise ValueError(
                 f"communication_dtype {self.communication_dtype} needs precision {self.communication_dtype} "
@@ -226,7 +231,7 @@ class ScalingConfig(_Section):
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
 
     @model_validator(mode="after")
-    def _one_gpu_per_worker(self) -> "ScalingConfig":
+    def _one_gpu_per_worker(self) -> ScalingConfig:
         if self.use_gpu and self.gpus_per_worker != 1:
             raise ValueError(
                 f"gpus_per_worker must be 1 with use_gpu (got {self.gpus_per_worker:g}): each worker trains "
@@ -237,26 +242,26 @@ class ScalingConfig(_Section):
 
 class CheckpointConfig(_Section):
     storage_path: str = Field("./runs", description="a folder or fsspec URL shared by all nodes, s3:// included")
-    storage_options: Dict[str, Any] = Field(default_factory=dict, description="fsspec options for storage_path")
+    storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options for storage_path")
     name: str = Field("octvideo", description="run name; re-submitting the same name resumes")
-    every_steps: Optional[int] = Field(None, ge=1, description="also checkpoint every N steps, besides epoch ends")
+    every_steps: int | None = Field(None, ge=1, description="also checkpoint every N steps, besides epoch ends")
     keep_last: int = Field(3, ge=1)
     max_failures: int = Field(3, ge=-1, description="worker failures to recover from; -1: unlimited")
     storage_timeout_s: float = Field(
         300.0, gt=0, description="how long checkpoint uploads and downloads retry through a storage outage"
     )
 
-    def client_options(self, url: str) -> Dict[str, Any]:
+    def client_options(self, url: str) -> dict[str, Any]:
         """``storage_options`` for ``url`` on the run's storage, each request bounded by ``storage_timeout_s``."""
         return bounded_storage_options(url, self.storage_options, self.storage_timeout_s)
 
 
 class TrackingConfig(_Section):
-    tracking_uri: Optional[str] = Field(None, description="None: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")
+    tracking_uri: str | None = Field(None, description="None: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")
     experiment: str = "octvideo"
     log_every_steps: int = Field(10, ge=1, description="optimizer steps between metric reports")
-    registered_model_name: Optional[str] = None
-    system_metrics_every_s: Optional[float] = Field(
+    registered_model_name: str | None = None
+    system_metrics_every_s: float | None = Field(
         15.0, gt=0, description="seconds between samples of rank 0's CPU, memory, disk, network and GPU use; None: off"
     )
 
@@ -272,13 +277,13 @@ class ExperimentConfig(_Section):
     seed: int = 0
 
     @model_validator(mode="after")
-    def _precision_on_cpu(self) -> "ExperimentConfig":
+    def _precision_on_cpu(self) -> ExperimentConfig:
         if not self.scaling.use_gpu and self.deepspeed.precision == "fp16":
             raise ValueError("deepspeed.precision fp16 needs GPUs; on CPU use bf16 or fp32")
         return self
 
     @model_validator(mode="after")
-    def _whole_videos_per_batch(self) -> "ExperimentConfig":
+    def _whole_videos_per_batch(self) -> ExperimentConfig:
         clip = self.data.clip
         views = clip.train_clips * clip.train_crops
         if self.optim.batch_size_per_worker % views:
@@ -289,7 +294,7 @@ class ExperimentConfig(_Section):
         return self
 
 
-def apply_overrides(raw: Dict[str, Any], overrides: Sequence[str]) -> Dict[str, Any]:
+def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
     """Apply ``key.sub=value`` overrides (values parsed as YAML) to a raw config mapping, in place."""
     for item in overrides:
         key, sep, text = item.partition("=")
@@ -306,7 +311,7 @@ def apply_overrides(raw: Dict[str, Any], overrides: Sequence[str]) -> Dict[str, 
     return raw
 
 
-def _section_keys(path: Sequence[str]) -> List[str]:
+def _section_keys(path: Sequence[str]) -> list[str]:
     """The keys allowed in the section at dotted ``path`` (empty: the top level); [] if none is there."""
     section: Any = ExperimentConfig
     for part in path:
@@ -344,7 +349,7 @@ def _describe(error: ValidationError) -> str:
     return "\n".join(lines)
 
 
-def parse_config(raw: Dict[str, Any], source: str = "config") -> ExperimentConfig:
+def parse_config(raw: dict[str, Any], source: str = "config") -> ExperimentConfig:
     try:
         return ExperimentConfig.model_validate(raw)
     except ValidationError as error:  # every problem is in the message: pydantic's own text adds nothing
@@ -411,14 +416,14 @@ def check_inputs(config: ExperimentConfig) -> None:
         raise ConfigError("the experiment's inputs cannot be read:\n" + "\n".join(f"  {p}" for p in problems))
 
 
-def config_to_dict(config: ExperimentConfig) -> Dict[str, Any]:
+def config_to_dict(config: ExperimentConfig) -> dict[str, Any]:
     """Plain JSON-able form (for saving next to the run)."""
     return config.model_dump(mode="json")
 
 
-def flatten(mapping: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
+def flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """``{"optim": {"lr": 0.1}}`` -> ``{"optim.lr": 0.1}`` (for tracking parameters)."""
-    flat: Dict[str, Any] = {}
+    flat: dict[str, Any] = {}
     for key, value in mapping.items():
         name = f"{prefix}{key}"
         if isinstance(value, dict) and value:
@@ -428,7 +433,7 @@ def flatten(mapping: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
     return flat
 
 
-__all__: List[str] = [
+__all__: list[str] = [
     "CheckpointConfig", "ClipConfig", "ConfigError", "DataConfig", "DeepSpeedConfig", "ExperimentConfig",
     "ModelConfig", "OptimConfig", "PretrainedConfig", "ScalingConfig", "TrackingConfig", "apply_overrides",
     "check_inputs", "config_to_dict", "flatten", "load_config", "parse_config",

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Optional
 
 import ray
 import ray.train
@@ -26,7 +25,12 @@ from ray.train.torch import TorchTrainer
 
 from octvideo.data import Manifest, load_manifest, model_input
 from octvideo.data.storage import (
-    RetryPolicy, StorageUnavailable, is_transient, retry_storage_call, storage_error_message, storage_errors,
+    RetryPolicy,
+    StorageUnavailable,
+    is_transient,
+    retry_storage_call,
+    storage_error_message,
+    storage_errors,
 )
 from octvideo.models import PretrainedLoad, build_model
 from octvideo.profile import profile_model
@@ -54,7 +58,7 @@ class PreparedJob:
     config: ExperimentConfig
     tracker: Tracker
     label_map: dict[str, int]
-    start: Optional[PretrainedLoad] = None  # what model.pretrained gave the network
+    start: PretrainedLoad | None = None  # what model.pretrained gave the network
 
     @property
     def num_classes(self) -> int:
@@ -68,8 +72,8 @@ class JobResult:
 
     result: ray.train.Result
     weights_path: str
-    registration: Optional[Registration]
-    tracking_run_id: Optional[str]
+    registration: Registration | None
+    tracking_run_id: str | None
 
 
 def read_manifest(config: ExperimentConfig, key: str) -> Manifest:
@@ -99,7 +103,7 @@ def dataset_label_map(config: ExperimentConfig, train: Manifest) -> dict[str, in
     return {str(index): index for index in range(config.model.num_classes or train.num_classes)}
 
 
-def prepare_job(config: ExperimentConfig, tracker: Optional[Tracker] = None) -> PreparedJob:
+def prepare_job(config: ExperimentConfig, tracker: Tracker | None = None) -> PreparedJob:
     """Everything that can fail before cluster work: its manifests, training data and pretrained
     source (ConfigError), the fine-tuning parts (ConfigError), the tracking server
     (TrackingUnavailable). Converts the pretrained source into the run's starting weights
@@ -227,7 +231,7 @@ def _storage_outage_named(cause: BaseException, what: str) -> BaseException:
     return StorageUnavailable.failed(what, cause) if is_transient(cause) else cause
 
 
-def _register(job: PreparedJob, state: dict[str, torch.Tensor], metrics: dict) -> Optional[Registration]:
+def _register(job: PreparedJob, state: dict[str, torch.Tensor], metrics: dict) -> Registration | None:
     name = job.config.tracking.registered_model_name
     if name is None:
         return None

@@ -30,13 +30,18 @@ import torch
 
 from octvideo.data import KineticsDataset
 from octvideo.data.storage import (
-    RetryPolicy, bounded_storage_options, filesystem, retry_call, retry_storage_call, with_deadline,
+    RetryPolicy,
+    bounded_storage_options,
+    filesystem,
+    retry_call,
+    retry_storage_call,
+    with_deadline,
 )
 from octvideo.train.checkpoint import TrainState, load_engine, save_engine, save_weights
 from octvideo.train.config import ExperimentConfig, parse_config
 from octvideo.train.pretrained import read_start, start_file
-from octvideo.train.trainer import Trainer
 from octvideo.train.tracking import NullTracker
+from octvideo.train.trainer import Trainer
 from octvideo.train.worker_logs import quiet_library_logs
 
 logger = logging.getLogger(__name__)

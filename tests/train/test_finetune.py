@@ -120,7 +120,8 @@ def test_parts_are_checked_against_the_model() -> None:
     base = {"data": {"train_manifest": "a.csv", "val_manifest": "b.csv"}}
     check_parts(model, parse_config({**base, "model": {"freeze": ["stem", "layer1.0"]}, "optim": {"lr_mult": {"fc": 10}}}))
     with pytest.raises(ConfigError) as error:
-        check_parts(model, parse_config({**base, "model": {"freeze": ["stem", "layer9"]}, "optim": {"lr_mult": {"stem.conv": 2, "head": 10}}}))
+        bad_parts = {"model": {"freeze": ["stem", "layer9"]}, "optim": {"lr_mult": {"stem.conv": 2, "head": 10}}}
+        check_parts(model, parse_config({**base, **bad_parts}))
     message = str(error.value)
     assert "model.freeze: oct_i3d_r18 has no part 'layer9'" in message and "its parts: fc, layer1" in message
     assert "optim.lr_mult: 'stem.conv' is frozen (model.freeze: 'stem')" in message

@@ -43,7 +43,7 @@ def test_workers_leave_library_noise_out(caplog: pytest.LogCaptureFixture) -> No
         logging.getLogger().info("DeepSpeed deepspeed.ops.comm.deepspeed_shm_comm_op built successfully")  # a print, in Ray
     assert [r.getMessage() for r in caplog.records] == ["something a user must act on"]
     with warnings.catch_warnings(record=True) as caught:
-        warnings.warn("`torch.distributed.all_gather_into_tensor` is deprecated. Please use ...", FutureWarning)
+        warnings.warn("`torch.distributed.all_gather_into_tensor` is deprecated. Please use ...", FutureWarning, stacklevel=1)
     assert not caught
 
 

@@ -19,8 +19,20 @@ import pytest
 from octvideo.data import write_synthetic_kinetics
 from octvideo.train.model_registry import CANDIDATE, CHAMPION, TOP1_TAG
 from tests.jobs import (
-    STEPS_PER_EPOCH, checkpoint_registered, experiment, occurrences, stack_with_tiny_data, step_history, step_lines,
-    submit, tracked_run, training_worker_pids, training_workers, wait_for, worker_starts, write_config,
+    STEPS_PER_EPOCH,
+    checkpoint_registered,
+    experiment,
+    occurrences,
+    stack_with_tiny_data,
+    step_history,
+    step_lines,
+    submit,
+    tracked_run,
+    training_worker_pids,
+    training_workers,
+    wait_for,
+    worker_starts,
+    write_config,
 )
 from tests.stack import BIN, LocalStack
 
