@@ -72,7 +72,7 @@ def _check_store(uri: str) -> None:
         try:
             check_tracking_available(uri)
         except TrackingUnavailable as err:
-            raise ValueError(f"MLflow tracking server {uri} does not answer ({err.detail}); {where}") from None
+            raise ValueError(f"MLflow tracking server {uri} does not answer ({err.detail}); {where}") from err
 
 
 def _registered_hint(client: Any, name: str) -> str:
@@ -117,7 +117,7 @@ def load_registered_model(model_uri: str, tracking_uri: str | None = None) -> Lo
         info = mlflow.models.get_model_info(model_uri)
     except MlflowException as err:
         hint = _registered_hint(MlflowClient(uri), match["name"])
-        raise ValueError(f"cannot load {model_uri} from {uri}: {err.message.rstrip('.')}{hint}") from None
+        raise ValueError(f"cannot load {model_uri} from {uri}: {err.message.rstrip('.')}{hint}") from err
     meta = (info.metadata or {}).get("octvideo")
     if not meta:
         raise ValueError(f"{model_uri} was not registered by octvideo (no label map or clip settings)")
@@ -127,7 +127,7 @@ def load_registered_model(model_uri: str, tracking_uri: str | None = None) -> Lo
         else:
             network = _load_files(model_uri, info.flavors["python_function"]["artifacts"])
     except MlflowException as err:
-        raise ValueError(f"cannot load {model_uri} from {uri}: {err.message}") from None
+        raise ValueError(f"cannot load {model_uri} from {uri}: {err.message}") from err
     return LoadedModel(network.model, network.class_names, network.clip, model_uri)
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import traceback
 from collections.abc import Sequence
 
 from octvideo.train.config import ConfigError, check_inputs, load_config
@@ -28,8 +29,10 @@ def _one_line(message: str) -> str:
     return " ".join([headline, "; ".join(problems)]).strip()
 
 
-def _fail(prog: str, error: Exception) -> int:
-    """Print ``error`` as one line on stderr; exit status 2."""
+def _fail(prog: str, error: Exception, verbose: bool = False) -> int:
+    """Print ``error`` as one line on stderr (``verbose``: after its traceback and causes); exit status 2."""
+    if verbose:
+        traceback.print_exception(error, file=sys.stderr)
     print(f"{prog}: error: {_one_line(str(error))}", file=sys.stderr)
     return 2
 
@@ -41,6 +44,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--config", required=True, help="experiment YAML (path or URL)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a dotted config key, e.g. --set optim.lr=0.01 (repeatable)")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="on an error, also print its traceback and the errors that caused it")
     args = parser.parse_args(argv)
     # Our progress at INFO; libraries (botocore, alembic, ...) only when something is wrong.
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -50,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load_config(args.config, args.overrides)
         check_inputs(config)
     except ConfigError as error:
-        return _fail(parser.prog, error)
+        return _fail(parser.prog, error, args.verbose)
 
     import ray
     import ray.train
@@ -63,12 +68,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         job = prepare_job(config)
     except (ConfigError, TrackingUnavailable, StorageUnavailable) as error:
-        return _fail(parser.prog, error)
+        return _fail(parser.prog, error, args.verbose)
     ray.init()  # joins the cluster of RAY_ADDRESS (as under `ray job submit`), else starts a local one
     try:
         outcome = run_job(job)
     except ConfigError as error:  # what the cluster cannot give (data.decoder_resources)
-        return _fail(parser.prog, error)
+        return _fail(parser.prog, error, args.verbose)
     except ray.train.TrainingFailedError as error:  # the workers' tracebacks are in the log above
         print(f"{parser.prog}: error: {_one_line(training_failure(error))}", file=sys.stderr)
         return 1

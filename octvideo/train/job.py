@@ -90,9 +90,9 @@ def read_manifest(config: ExperimentConfig, key: str) -> Manifest:
             f"reading {url}",
         )
     except ValueError as error:
-        raise ConfigError(f"data.{key}: {error}") from None
+        raise ConfigError(f"data.{key}: {error}") from error
     except storage_errors() as error:
-        raise ConfigError(f"data.{key}: {storage_error_message(url, error)}") from None
+        raise ConfigError(f"data.{key}: {storage_error_message(url, error)}") from error
 
 
 def dataset_label_map(config: ExperimentConfig, train: Manifest) -> dict[str, int]:
@@ -144,7 +144,7 @@ def _write_start(model: torch.nn.Module, config: ExperimentConfig) -> None:
     try:
         url = write_start(model.state_dict(), config)
     except storage_errors() as error:
-        raise ConfigError(f"checkpoint.storage_path: {storage_error_message(start_file(config), error)}") from None
+        raise ConfigError(f"checkpoint.storage_path: {storage_error_message(start_file(config), error)}") from error
     logger.info("wrote the starting weights to %s", url)
 
 

@@ -49,19 +49,19 @@ def read_source(source: PretrainedConfig, tracking_uri: str | None, timeout_s: f
         try:
             return load_registered_model(source.source, tracking_uri)
         except ValueError as error:
-            raise ConfigError(f"model.pretrained.source: {error}") from None
+            raise ConfigError(f"model.pretrained.source: {error}") from error
     try:
         fs, path = filesystem(source.source, bounded_storage_options(source.source, source.storage_options, timeout_s))
         with fs.open(path, "rb") as file:
             return torch.load(file, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise ConfigError(f"model.pretrained.source: checkpoint {source.source} does not exist") from None
-    except IsADirectoryError:
-        raise ConfigError(f"model.pretrained.source: {source.source} is a folder; name the checkpoint file") from None
+    except FileNotFoundError as error:
+        raise ConfigError(f"model.pretrained.source: checkpoint {source.source} does not exist") from error
+    except IsADirectoryError as error:
+        raise ConfigError(f"model.pretrained.source: {source.source} is a folder; name the checkpoint file") from error
     except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError) as error:
-        raise ConfigError(f"model.pretrained.source: {source.source} {_unreadable(error)}") from None
+        raise ConfigError(f"model.pretrained.source: {source.source} {_unreadable(error)}") from error
     except storage_errors() as error:
-        raise ConfigError(f"model.pretrained.source: {storage_error_message(source.source, error)}") from None
+        raise ConfigError(f"model.pretrained.source: {storage_error_message(source.source, error)}") from error
 
 
 def _unreadable(error: Exception) -> str:
@@ -94,7 +94,7 @@ def start_from_source(
     try:
         loaded = load_pretrained(model, checkpoint, format=source.format, inflate=source.inflate, head=head)
     except ValueError as error:
-        raise ConfigError(f"model.pretrained.source: {source.source} {error}") from None
+        raise ConfigError(f"model.pretrained.source: {source.source} {error}") from error
     logger.info("starting from %s (%s); head %s", source.source, loaded.format, loaded.head)
     return loaded
 

@@ -323,3 +323,13 @@ def test_the_octvideo_command_rejects_user_errors(name: str, cli_outcomes: dict)
     command = " ".join(arg for arg in case.argv[:2] if not arg.startswith("-"))
     assert_user_error(outcome, f"octvideo {command}", case, fill)
     assert not (Path(fill["tmp"]) / "mlflow.db").exists()  # a wrong store is reported, not created
+
+
+def test_verbose_shows_the_error_that_caused_the_one_line(tmp_path: Path) -> None:
+    (tmp_path / "broken.yaml").write_text("model: {name: oct_i3d_r50\n")
+    command = [sys.executable, str(PIPELINE), "--config", str(tmp_path / "broken.yaml")]
+    quiet, verbose = run(command, tmp_path, {}), run([*command, "-v"], tmp_path, {})
+    assert quiet.returncode == verbose.returncode == 2
+    assert quiet.stderr.strip().splitlines() == verbose.stderr.strip().splitlines()[-1:]  # the same one line, last
+    assert "Traceback" not in quiet.stderr
+    assert "yaml.parser.ParserError" in verbose.stderr and "The above exception was the direct cause" in verbose.stderr
