@@ -61,8 +61,3 @@ def test_clips_per_decode_benchmark_runs_and_writes_its_section(tmp_path):
     assert text.count("## Several training clips per decode, CPU") == 1
     assert all(f"| {views} |" in text for views in ("1 x 1", "1 x 2", "2 x 2")) and "1 x 2 gives" in text
 
-
-def test_ingest_benchmark_trains_both_ways_and_writes_its_section(tmp_path):
-    text = run_benchmark("ingest.py", "--quick", output=tmp_path / "BENCHMARKS.md")
-    assert text.count("## Training-clip ingest: DataLoader workers against Ray Data decode actors, CPU") == 1
-    assert "| width 4, 56 px | dataloader |" in text and "| width 4, 56 px | ray_data |" in text

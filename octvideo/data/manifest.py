@@ -33,6 +33,7 @@ from octvideo.data.storage import filesystem
 logger = logging.getLogger(__name__)
 
 LABEL_MAP_NAME = "label_map.json"
+_ANNOUNCED: set[str] = set()  # label maps this process said it uses
 KINETICS_SPLITS = ("train", "val", "test")
 KINETICS_COLUMNS = ("label", "youtube_id", "time_start", "time_end", "split")
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".avi")
@@ -354,7 +355,9 @@ def _resolve_label_map(
     beside = _join(root, LABEL_MAP_NAME)
     fs, path = filesystem(beside, options)
     if fs.isfile(path):
-        logger.info("using label map %s", beside)
+        if beside not in _ANNOUNCED:  # a job reads its three splits' manifests: one line, not three
+            _ANNOUNCED.add(beside)
+            logger.info("using label map %s", beside)
         return read_label_map(beside, options), f"label map {beside}"
     return None, ""
 

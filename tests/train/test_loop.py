@@ -187,36 +187,6 @@ def test_failed_worker_resumes_mid_epoch(dataset: Path, tmp_path: Path, local_ra
     assert outcome.result.metrics["epoch"] == 1
 
 
-def test_mlflow_run_page_after_training(dataset: Path, tmp_path: Path, local_ray: None, monkeypatch) -> None:
-    """A real MLflow run (SQLite store): its description, the three manifests as dataset inputs,
-    and system metrics sampled every second on rank 0 while it trained."""
-    from mlflow.tracking import MlflowClient
-
-    from octvideo.train.job import prepare_job, run_job
-    from octvideo.train.run_summary import DESCRIPTION_TAG
-
-    monkeypatch.chdir(tmp_path)  # artifacts of a SQLite store go to ./mlruns
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    config = experiment(dataset, tmp_path / "runs", "page", epochs=1)
-    tracking = config.tracking.model_copy(update={"tracking_uri": uri, "system_metrics_every_s": 1.0})
-    outcome = run_job(prepare_job(config.model_copy(update={"tracking": tracking})))
-
-    run = MlflowClient(uri).get_run(outcome.tracking_run_id)
-    assert run.info.status == "FINISHED"
-    description = run.data.tags[DESCRIPTION_TAG]
-    for words in ("oct_i3d_r18", "alpha 0.5", str(dataset / "train.csv"), "fp32", "2 workers"):
-        assert words in description, (words, description)
-    sources = {
-        {tag.key: tag.value for tag in item.tags}["mlflow.data.context"]: json.loads(item.dataset.source)["uri"]
-        for item in run.inputs.dataset_inputs
-    }
-    assert sources == {"training": str(dataset / "train.csv"), "validation": str(dataset / "val.csv"),
-                       "test": str(dataset / "test.csv")}
-    system = {key for key in run.data.metrics if key.startswith("system/")}
-    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= system, system
-    print(f"description:\n{description}\nsystem metrics: {sorted(system)}")
-
-
 def run_pipeline(config_text: str, tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     """``pipelines/kinetics.py`` on ``config_text``, with a Ray address that nothing answers: any
     attempt at cluster work would hang or fail differently."""

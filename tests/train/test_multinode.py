@@ -94,7 +94,7 @@ def test_workers_on_two_nodes_checkpoint_to_s3_and_survive_losing_a_node(stack: 
 
 def test_ray_data_decodes_on_a_cpu_only_node_and_survives_losing_it(stack: LocalStack) -> None:
     decode_node, decode_id = stack.add_node(cpus=0, resources={"decode": 2})
-    config = experiment("raydata", epochs=3, zero_stage=0, every_steps=1, max_failures=0)
+    config = experiment("raydata", epochs=2, zero_stage=0, every_steps=1, max_failures=0)
     config["data"].update(ingest="ray_data", decoders=1, decoder_resources={"decode": 1})
     replacement: list[str] = []
 
@@ -115,11 +115,11 @@ def test_ray_data_decodes_on_a_cpu_only_node_and_survives_losing_it(stack: Local
     # Each rank's epochs were decoded on the decode nodes: the first one, then its replacement.
     decoded = [set(re.findall(r"node ([0-9a-f]+) \(\d+\)", line)) for line in job.stdout.splitlines()
                if "batches decoded by Ray Data on" in line]
-    assert len(decoded) == 2 * 3, job.stdout[-4000:]  # a line per rank and epoch
+    assert len(decoded) == 2 * 2, job.stdout[-4000:]  # a line per rank and epoch
     assert set().union(*decoded) <= {decode_id, replacement[0]}, decoded
     assert decode_id in decoded[0] and replacement[0] in decoded[-1], decoded
 
     client, run = tracked_run(stack, "raydata")
     assert run.info.status == "FINISHED"
-    assert step_history(client, run.info.run_id) == list(range(1, 3 * STEPS_PER_EPOCH + 1))
+    assert step_history(client, run.info.run_id) == list(range(1, 2 * STEPS_PER_EPOCH + 1))
     assert run.data.metrics["bad_videos"] == 0 and run.data.metrics["videos_tried"] == 6

@@ -18,7 +18,9 @@ import pytest
 
 from octvideo.data import write_synthetic_kinetics
 from octvideo.train.model_registry import CANDIDATE, CHAMPION, TOP1_TAG
+from octvideo.train.run_summary import DESCRIPTION_TAG
 from tests.jobs import (
+    DATA,
     STEPS_PER_EPOCH,
     checkpoint_registered,
     experiment,
@@ -44,7 +46,9 @@ def stack():
 
 
 def test_zero2_job_tracks_registers_and_predicts(stack: LocalStack) -> None:
-    job = submit(stack, write_config("zero2", experiment("zero2", epochs=2, zero_stage=2)))
+    config = experiment("zero2", epochs=2, zero_stage=2)
+    config["tracking"]["system_metrics_every_s"] = 2  # MLflow logs a sample once its interval is over
+    job = submit(stack, write_config("zero2", config))
     assert "registered tiny version 1" in job.stdout
     assert_log_is_readable(job.stdout, epochs=2)
 
@@ -55,6 +59,12 @@ def test_zero2_job_tracks_registers_and_predicts(stack: LocalStack) -> None:
     for key in ("loss", "lr", "clips_per_s", "data_wait_share", "bad_videos", "epoch/val_clip_top1",
                 "epoch/val_video_top1", "test_video_top1", "test_video_top5"):
         assert key in run.data.metrics, key
+    # The run page: a description, the three manifests as dataset inputs, rank 0's system metrics.
+    description = run.data.tags[DESCRIPTION_TAG]
+    assert all(words in description for words in ("oct_i3d_r18", "alpha 0.5", f"{DATA}/train.csv", "2 workers")), description
+    contexts = {{t.key: t.value for t in item.tags}["mlflow.data.context"] for item in run.inputs.dataset_inputs}
+    assert contexts == {"training", "validation", "test"}
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(run.data.metrics)
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     artifacts |= {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
     assert {"config.yaml", "label_map.json", "plots/training_curves.png", "plots/epoch_curves.png", "plots/test_confusion_matrix.png",
