@@ -62,10 +62,12 @@ def test_crash_while_writing_a_checkpoint_resumes_from_the_previous_one(faults: 
     last_whole = torn["whole"][-1].rsplit("/", 1)[-1]
     whole_names = {path.rsplit("/", 1)[-1] for path in torn["whole"]}
     partial = sorted(name for name in torn["folders"] if name.startswith("checkpoint_2") and name not in whole_names)
-    assert partial, f"no partial checkpoint in S3 at the crash: {sorted(torn['folders'])}"
+    # The ranks upload their files in parallel: at the freeze, the torn checkpoint may have had none
+    # through yet (seen on a loaded 2-vCPU machine). Either way it is not registered, and the run
+    # must resume from the last whole one.
     resumes = [line for line in job.stdout.splitlines() if "resumed from" in line]
     assert f"resumed from {RUN}/{last_whole}" in job.stdout, (last_whole, resumes)
     client, run = tracked_run(faults.stack, "torn")
     assert run.info.status == "FINISHED"
     assert step_history(client, run.info.run_id) == list(range(1, 2 * STEPS_PER_EPOCH + 1))
-    print(f"torn checkpoint: {partial} partly written at the crash; resumed from {last_whole}")
+    print(f"torn checkpoint: {partial or 'no file'} written at the crash; resumed from {last_whole}")
