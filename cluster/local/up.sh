@@ -87,7 +87,10 @@ else
   export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
   rm -f "$STACK/multi_node"
 fi
-PATH=$BIN:$PATH RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=$TOKEN start ray "$BIN/ray" start --head \
+# No drain on SIGTERM: Ray 2.60's head drains for up to 30 s so that work can move to other
+# nodes, and when down.sh stops the head, the whole stack goes.
+PATH=$BIN:$PATH RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=$TOKEN RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S=0 \
+  start ray "$BIN/ray" start --head \
   "${ray_node[@]}" --block --num-cpus="$RAY_CPUS" --temp-dir="$STACK/ray" --port="$RAY_PORT" \
   --dashboard-host=127.0.0.1 --dashboard-port="$DASHBOARD_PORT" --ray-client-server-port="$CLIENT_PORT" \
   --dashboard-agent-listen-port="$AGENT_PORT" --disable-usage-stats
