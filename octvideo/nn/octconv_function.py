@@ -7,8 +7,11 @@ backward (a quarter of the input, per layer), materialises the pooled path's
 gradient at full resolution and then adds it to the H->H path's gradient in
 another pass. Here:
 
-* forward runs the four convolutions: H->H; H->L over pool(X_H) and L->L, summed in
-  place; L->H, added into the H->H output in place through a broadcast view. (One
+* forward runs the four paths in three convolutions: H->H; H->L over pool(X_H); L->L and
+  L->H as one convolution of X_L with the two weights stacked along the output channels
+  (on an Intel Xeon at batch 1, channels-last, 1 to 4 % faster for the whole network
+  than two, and the same in training). The L->L part is added into the H->L output and
+  the L->H part into the H->H output, in place, through a broadcast view. (One
   convolution over ``cat(pool(X_H), X_L)`` with ``[W_HL | W_LL]`` pays two copies, of
   the inputs and of the weights, every call: on an Intel Xeon, 2 threads, two
   convolutions and an add were up to 2.4x faster at batch 1 and up to 1.3x at batch 2
@@ -72,17 +75,30 @@ def _forward(g: Geometry, b_h, b_l, x_h, x_l, w_hh, w_hl, w_lh, w_ll) -> tuple[t
     xs_h = downsample(x_h, g.stride)
     xs_l = None if x_l is None else downsample(x_l, g.stride)
     y_h = _conv(xs_h, w_hh, b_h, g)
+    y_ll, y_lh = _from_low(g, x_l, xs_l, w_ll, w_lh)
     y_l = None
     if w_hl is not None:  # an ungrouped layer with a low output has H->L, and L->L if it has a low input
         y_l = _conv(downsample(xs_h, g.octave_pool), w_hl, b_l, g)
-        if w_ll is not None:
-            y_l.add_(_conv(xs_l, w_ll, None, g))
-    if w_lh is not None:
+        if y_ll is not None:
+            y_l.add_(y_ll)
+    if y_lh is not None:
         if g.lh_on_grid:
-            y_h.add_(_conv(x_l, w_lh, None, g))
+            y_h.add_(y_lh)
         else:
-            add_upsampled_(y_h, _conv(xs_l, w_lh, None, g), g.octave_pool)
+            add_upsampled_(y_h, y_lh, g.octave_pool)
     return y_h, y_l
+
+
+def _from_low(g: Geometry, x_l, xs_l, w_ll, w_lh) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The L->L and L->H outputs. Both read the same input unless L->H lands on the strided grid,
+    and then run as one convolution with the two weights stacked along the output channels:
+    one call of twice the width instead of two small ones."""
+    if w_ll is None or w_lh is None or g.lh_on_grid:
+        y_ll = None if w_ll is None else _conv(xs_l, w_ll, None, g)
+        y_lh = None if w_lh is None else _conv(x_l if g.lh_on_grid else xs_l, w_lh, None, g)
+        return y_ll, y_lh
+    both = _conv(xs_l, torch.cat([w_ll, w_lh]), None, g)
+    return both[:, : w_ll.shape[0]], both[:, w_ll.shape[0] :]
 
 
 class _OctaveConv(torch.autograd.Function):
