@@ -45,12 +45,31 @@ class LoadedModel:
 def compiled_for_inference(model: nn.Module) -> nn.Module:
     """``model`` under ``torch.compile`` (Inductor, one graph) with freezing: the weights are folded
     in as constants, batch norm into the convolutions, and oneDNN's weight layouts are prepared once.
-    The first call compiles (10 to 50 s for Oct-I3D-R50 on a 2-core CPU); after it, Oct-I3D-R50 at
-    batch 1 ran 1.25x to 1.4x faster than eager channels-last on an Intel Xeon (BENCHMARKS.md).
-    For inference only: the weights must not change afterwards."""
+    The first call compiles (10 to 50 s for Oct-I3D-R50 on a 2-core CPU); BENCHMARKS.md has its
+    speed against eager. For inference only: the weights must not change afterwards. The result
+    has the model's attributes (``speed_ratio``, ...)."""
     import torch
 
-    return torch.compile(model, fullgraph=True, options={"freezing": True})
+    class FrozenCompiled(torch.nn.Module):
+        # Freezing is switched on in Inductor's config around each call, not through
+        # torch.compile(options=...): torch 2.14 reads that option after the options' patch has
+        # ended and compiles without freezing (measured: no weight prepacked, the small batch-1
+        # convolutions on PyTorch's im2col path, slower than eager).
+        def __init__(self) -> None:
+            super().__init__()
+            self.compiled = torch.compile(model, fullgraph=True)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            with torch._inductor.config.patch(freezing=True):
+                return self.compiled(x)
+
+        def __getattr__(self, name: str) -> Any:
+            try:
+                return super().__getattr__(name)
+            except AttributeError:
+                return getattr(model, name)
+
+    return FrozenCompiled()
 
 
 _MODEL_URI = re.compile(r"models:/(?P<name>[^/@]+)(@[^/@]+|/[^/@]+)")

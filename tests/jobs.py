@@ -6,8 +6,9 @@ from __future__ import annotations
 import contextlib
 import re
 import subprocess
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import fsspec
@@ -89,6 +90,19 @@ def submit(
     job = stack.submit("python", "pipelines/kinetics.py", "--config", config_url, *args, runtime_env=runtime_env)
     if succeed:
         assert job.returncode == 0, job.stdout[-6000:] + job.stderr[-3000:]
+    return job
+
+
+def submit_during(
+    stack: LocalStack, name: str, config: dict, fault: Callable[[], None], *,
+    runtime_env: Path | None = None, succeed: bool = True,
+) -> subprocess.CompletedProcess:
+    """Submit ``config`` as run ``name`` (as :func:`submit` does) while ``fault`` runs in a thread:
+    it waits for its moment, injects the fault, and returns."""
+    injector = threading.Thread(target=fault, daemon=True)
+    injector.start()
+    job = submit(stack, write_config(name, config), runtime_env=runtime_env, succeed=succeed)
+    injector.join(timeout=120)
     return job
 
 

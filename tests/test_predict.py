@@ -5,7 +5,9 @@ from __future__ import annotations
 import re
 
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
+from torch._dynamo.utils import counters
 
 from octvideo.cli import main
 from octvideo.models import build_model
@@ -74,8 +76,11 @@ def test_compiled_model_predicts_what_the_eager_one_does(tmp_path, registered, c
     video = write_video(tmp_path / "v.mp4", num_frames=60)
     loaded = load_registered_model("models:/tiny@champion", registered)
     eager = dict(predict_video(loaded, str(video), top_k=len(LABELS)))
+    counters.clear()
     loaded.model = compiled_for_inference(loaded.model)
     compiled = dict(predict_video(loaded, str(video), top_k=len(LABELS)))
+    if torch.backends.mkldnn.is_available():  # frozen: the weights were prepared for oneDNN once
+        assert counters["inductor"]["mkldnn_conv_weight_pack_matcher_count"] > 0, dict(counters["inductor"])
     assert compiled.keys() == eager.keys()
     assert all(compiled[name] == pytest.approx(p, abs=1e-4) for name, p in eager.items())
     argv = ["predict", "--model", "models:/tiny@champion", "--tracking-uri", registered, "--compile", str(video)]

@@ -466,7 +466,31 @@ class BadVideoTracker:
             )
 
 
-class KineticsLoader:
+class ShardLoader:
+    """What the two training-batch loaders share (this one's :class:`KineticsLoader` and Ray
+    Data's ``RayDataLoader``): this rank's :class:`ShardSampler` shard of a
+    :class:`KineticsDataset`, and the :class:`BadVideoTracker` its batches feed."""
+
+    def __init__(self, dataset: KineticsDataset, batch_size: int, *, rank: int, world_size: int, shuffle: bool) -> None:
+        self.dataset, self.batch_size = dataset, batch_size
+        self.sampler = ShardSampler(
+            len(dataset), rank=rank, world_size=world_size, shuffle=shuffle, seed=dataset.seed,
+            group=dataset.views_per_video,
+        )
+        self.tracker = BadVideoTracker(dataset.num_videos, dataset.max_bad_fraction, dataset.min_videos_tried)
+
+    @property
+    def bad_videos(self) -> dict[str, str]:
+        """URL -> reason of every bad video met so far, across epochs."""
+        return self.tracker.bad_videos
+
+    def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
+        """Start epoch ``epoch``, or resume it after its first ``skip_batches`` batches (never loaded)."""
+        self.sampler.set_epoch(epoch, start=skip_batches * self.batch_size)
+        self.dataset.set_epoch(epoch)
+
+
+class KineticsLoader(ShardLoader):
     """A DataLoader over this rank's :class:`ShardSampler` shard of a :class:`KineticsDataset`
     that feeds every batch to a :class:`BadVideoTracker` (``bad_videos``) before yielding it.
 
@@ -491,16 +515,7 @@ class KineticsLoader:
         prefetch_factor: int | None = None,
     ) -> None:
         training = dataset.mode is Mode.TRAIN
-        self.dataset = dataset
-        self.sampler = ShardSampler(
-            len(dataset),
-            rank=rank,
-            world_size=world_size,
-            shuffle=training if shuffle is None else shuffle,
-            seed=dataset.seed,
-            group=dataset.views_per_video,
-        )
-        self.tracker = BadVideoTracker(dataset.num_videos, dataset.max_bad_fraction, dataset.min_videos_tried)
+        super().__init__(dataset, batch_size, rank=rank, world_size=world_size, shuffle=training if shuffle is None else shuffle)
         self.dataloader = DataLoader(
             dataset,
             batch_size,
@@ -513,16 +528,6 @@ class KineticsLoader:
             persistent_workers=persistent_workers and num_workers > 0,
             prefetch_factor=prefetch_factor,
         )
-
-    @property
-    def bad_videos(self) -> dict[str, str]:
-        """URL -> reason of every bad video met so far, across epochs."""
-        return self.tracker.bad_videos
-
-    def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
-        """Start epoch ``epoch``, or resume it after its first ``skip_batches`` batches (never loaded)."""
-        self.sampler.set_epoch(epoch, start=skip_batches * self.dataloader.batch_size)
-        self.dataset.set_epoch(epoch)
 
     def __len__(self) -> int:
         return len(self.dataloader)

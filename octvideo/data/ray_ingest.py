@@ -38,7 +38,7 @@ import ray.data
 import ray.exceptions
 import torch
 
-from octvideo.data.dataset import BadVideo, BadVideoTracker, KineticsDataset, ShardSampler, TooManyBadVideos, collate
+from octvideo.data.dataset import BadVideo, KineticsDataset, ShardLoader, TooManyBadVideos, collate
 from octvideo.data.storage import StorageUnavailable
 
 logger = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ class DecodeBatch:
         }
 
 
-class RayDataLoader:
+class RayDataLoader(ShardLoader):
     """This rank's training batches, decoded by a pool of ``decoders`` Ray actors that each ask
     Ray for ``decoder_resources`` (``CPU`` / ``GPU`` / custom resources). The interface of
     :class:`~octvideo.data.dataset.KineticsLoader`: ``dataset``, ``tracker``, ``set_epoch``,
@@ -103,23 +103,10 @@ class RayDataLoader:
     ) -> None:
         if decoders < 1 or prefetch_batches < 0:
             raise ValueError(f"need decoders >= 1 and prefetch_batches >= 0, got {decoders}, {prefetch_batches}")
-        self.dataset, self.batch_size = dataset, batch_size
-        self.sampler = ShardSampler(
-            len(dataset), rank=rank, world_size=world_size, shuffle=True, seed=dataset.seed, group=dataset.views_per_video
-        )
-        self.tracker = BadVideoTracker(dataset.num_videos, dataset.max_bad_fraction, dataset.min_videos_tried)
+        super().__init__(dataset, batch_size, rank=rank, world_size=world_size, shuffle=True)
         self.decoders, self.prefetch_batches = decoders, prefetch_batches
         self.remote_args = _remote_args(dict(decoder_resources or {"CPU": 1.0}))
         self.decoded_on: collections.Counter[str] = collections.Counter()
-
-    @property
-    def bad_videos(self) -> dict[str, str]:
-        """URL -> reason of every bad video met so far, across epochs."""
-        return self.tracker.bad_videos
-
-    def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
-        """Start epoch ``epoch``, or resume it after its first ``skip_batches`` batches (never decoded)."""
-        self.sampler.set_epoch(epoch, start=skip_batches * self.batch_size)
 
     def __len__(self) -> int:
         return len(self.sampler) // self.batch_size

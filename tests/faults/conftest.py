@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import secrets
 import subprocess
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,8 +16,9 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from octvideo.train.tracking import RUN_NAME_TAG
+from tests import jobs
 from tests.faults.proxy import FaultyProxy
-from tests.jobs import EXPERIMENT, stack_with_tiny_data, submit, write_config
+from tests.jobs import EXPERIMENT, stack_with_tiny_data
 from tests.stack import LocalStack
 
 
@@ -58,13 +58,8 @@ def faults() -> Iterator[FaultStack]:
 def submit_during(
     faults: FaultStack, name: str, config: dict, fault: Callable[[], None], *, succeed: bool = True
 ) -> subprocess.CompletedProcess:
-    """Submit ``config`` as run ``name``, through the proxies, while ``fault`` runs in a thread
-    (it waits for its moment, injects, and returns)."""
-    injector = threading.Thread(target=fault, daemon=True)
-    injector.start()
-    job = submit(faults.stack, write_config(name, config), runtime_env=faults.runtime_env, succeed=succeed)
-    injector.join(timeout=60)
-    return job
+    """:func:`tests.jobs.submit_during` through the proxies."""
+    return jobs.submit_during(faults.stack, name, config, fault, runtime_env=faults.runtime_env, succeed=succeed)
 
 
 def logged_step(faults: FaultStack, name: str) -> int:

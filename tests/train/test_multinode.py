@@ -13,7 +13,6 @@ their own raylets.
 from __future__ import annotations
 
 import re
-import threading
 import time
 
 import fsspec
@@ -25,11 +24,10 @@ from tests.jobs import (
     experiment,
     stack_with_tiny_data,
     step_history,
-    submit,
+    submit_during,
     tracked_run,
     wait_for,
     worker_starts,
-    write_config,
 )
 from tests.stack import LocalStack, is_loopback, is_ray_process
 
@@ -61,10 +59,7 @@ def test_workers_on_two_nodes_checkpoint_to_s3_and_survive_losing_a_node(stack: 
             stack.kill_node(node)
             killed_at.append(time.monotonic())
 
-    killer = threading.Thread(target=kill_node_after_first_checkpoint, daemon=True)
-    killer.start()
-    job = submit(stack, write_config("multinode", config))
-    killer.join(timeout=1)
+    job = submit_during(stack, "multinode", config, kill_node_after_first_checkpoint)
     assert killed_at, "the second node was not killed"
 
     starts = worker_starts(job.stdout)
@@ -103,10 +98,7 @@ def test_ray_data_decodes_on_a_cpu_only_node_and_survives_losing_it(stack: Local
             stack.kill_node(decode_node)
             replacement.append(stack.add_node(cpus=0, resources={"decode": 2})[1])
 
-    replacer = threading.Thread(target=replace_decode_node_after_first_checkpoint, daemon=True)
-    replacer.start()
-    job = submit(stack, write_config("raydata", config))
-    replacer.join(timeout=120)
+    job = submit_during(stack, "raydata", config, replace_decode_node_after_first_checkpoint)
     assert replacement, "the decode node was not replaced"
 
     # Training stayed on the head (the decode nodes offer no CPU), and no worker restarted.
