@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Stop the local stack started by up.sh, and the nodes add-node.sh joined to it. Each service
 # runs in a session of its own whose leader's pid is in its pid file: the leader gets SIGTERM and
-# stops its children (up.sh turns off the head's drain), and what is left of its process group after 30 s gets
-# SIGKILL. Only this stack's processes are
-# touched (`ray stop` would stop every Ray on the machine). Safe to run twice; the stack folder
-# (logs, MLflow database and artifacts, Ray token) is kept.
+# stops its children (the head without draining: see up.sh), and what is left of its process group
+# after 30 s gets SIGKILL. Only this stack's processes are touched (`ray stop` would stop every Ray
+# on the machine). Safe to run twice; the stack folder (logs, MLflow database and artifacts, Ray
+# token) is kept.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
