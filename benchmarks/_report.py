@@ -23,7 +23,8 @@ def cpu_model() -> str:
 def machine_name(device: str) -> str:
     if device == "cuda":
         return torch.cuda.get_device_name()
-    return f"{cpu_model()}, {torch.get_num_threads()} threads"
+    threads = torch.get_num_threads()
+    return f"{cpu_model()}, {threads} thread" + "s" * (threads > 1)
 
 
 def write_section(path: Path, title: str, body: str) -> None:
