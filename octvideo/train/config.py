@@ -259,6 +259,10 @@ class CheckpointConfig(_Section):
 class TrackingConfig(_Section):
     tracking_uri: str | None = Field(None, description="None: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")
     experiment: str = "octvideo"
+    artifact_location: str | None = Field(
+        None, description="where a new experiment keeps its artifacts (s3://..., gs://..., a folder); "
+        "None: the tracking server's choice, or mlartifacts/ beside a SQLite store's file",
+    )
     log_every_steps: int = Field(10, ge=1, description="optimizer steps between metric reports")
     registered_model_name: str | None = None
     system_metrics_every_s: float | None = Field(

@@ -88,6 +88,20 @@ def resolve_tracking_uri(configured: str | None = None) -> str:
     return configured or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
+def resolve_artifact_location(uri: str, configured: str | None = None) -> str | None:
+    """Where a new experiment keeps its artifacts: the configured location (a local path made
+    absolute), else, for a SQLite store, a ``mlartifacts`` folder beside its file, else None (the
+    tracking server's choice).
+
+    MLflow's own default for a SQLite store is ``./mlruns`` in whatever directory creates the
+    experiment: for a Ray job, its working-directory copy, away from the database."""
+    if configured:
+        return configured if "://" in configured else Path(configured).expanduser().resolve().as_uri()
+    if uri.startswith("sqlite:///") and uri != "sqlite:///:memory:":
+        return (Path(uri[len("sqlite:///"):]).resolve().parent / "mlartifacts").as_uri()
+    return None
+
+
 def check_tracking_available(uri: str, timeout_sec: float = REQUEST_TIMEOUT_SEC) -> None:
     """Raise :class:`TrackingUnavailable` unless ``uri`` answers: ``GET /health`` on an HTTP
     server, opening the store otherwise."""
@@ -279,6 +293,7 @@ class MLflowTracker:
         experiment: str,
         run_name: str,
         *,
+        artifact_location: str | None = None,
         max_buffered: int = MAX_BUFFERED_METRICS,
         request_timeout_sec: float = REQUEST_TIMEOUT_SEC,
         system_metrics_every_s: float | None = None,
@@ -297,7 +312,7 @@ class MLflowTracker:
         self._failing = False  # sender thread only
         if "'" in run_name or "\\" in run_name:
             raise ValueError(f"run name {run_name!r} must not contain quotes or backslashes")
-        experiment_id = self._experiment_id(experiment)
+        experiment_id = self._experiment_id(experiment, artifact_location)
         runs = self.client.search_runs(
             [experiment_id], filter_string=f"tags.`{RUN_NAME_TAG}` = '{run_name}'",
             max_results=1, order_by=["attributes.start_time ASC"],
@@ -334,11 +349,20 @@ class MLflowTracker:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state, _changed=threading.Condition())
 
-    def _experiment_id(self, name: str) -> str:
+    def _experiment_id(self, name: str, artifact_location: str | None) -> str:
+        """The experiment named ``name``; a new one keeps its artifacts where
+        :func:`resolve_artifact_location` says, an existing one where it always did."""
         experiment = self.client.get_experiment_by_name(name)
-        if experiment is not None:
-            return experiment.experiment_id
-        return self.client.create_experiment(name)
+        location = resolve_artifact_location(self.tracking_uri, artifact_location)
+        if experiment is None:
+            return self.client.create_experiment(name, artifact_location=location)
+        if artifact_location and experiment.artifact_location.rstrip("/") != location.rstrip("/"):
+            logger.warning(
+                "MLflow experiment %r keeps its artifacts in %s, set when it was created; "
+                "tracking.artifact_location %s applies to new experiments only",
+                name, experiment.artifact_location, location,
+            )
+        return experiment.experiment_id
 
     def log_config(self, config: ExperimentConfig) -> None:
         """Params (new ones only on a resumed run: MLflow forbids changing a param) and the
@@ -591,11 +615,13 @@ def start_tracker(config: ExperimentConfig, rank: int, run_name: str | None = No
     check_tracking_available(uri)
     return MLflowTracker(
         uri, config.tracking.experiment, run_name or config.checkpoint.name,
+        artifact_location=config.tracking.artifact_location,
         system_metrics_every_s=config.tracking.system_metrics_every_s,
     )
 
 
 __all__: Sequence[str] = [
     "MLflowTracker", "NullTracker", "RUN_NAME_TAG", "Tracker", "TrackingUnavailable",
-    "check_tracking_available", "config_params", "redact", "redact_url", "resolve_tracking_uri", "start_tracker",
+    "check_tracking_available", "config_params", "redact", "redact_url", "resolve_artifact_location",
+    "resolve_tracking_uri", "start_tracker",
 ]

@@ -60,7 +60,7 @@ def config(tmp_path: Path, uri: str, **storage_options):
 
 @pytest.fixture
 def sqlite_uri(tmp_path, monkeypatch) -> str:
-    monkeypatch.chdir(tmp_path)  # artifacts of a SQLite store go to ./mlruns
+    monkeypatch.chdir(tmp_path)  # whatever MLflow writes beside the working directory stays in tmp_path
     return f"sqlite:///{tmp_path / 'mlflow.db'}"
 
 
@@ -71,6 +71,36 @@ def test_tracking_uri_from_config_then_environment_then_cwd(tmp_path, monkeypatc
     assert resolve_tracking_uri(None) == "http://tracking:5000"
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
     assert resolve_tracking_uri(None) == f"sqlite:///{tmp_path}/mlflow.db"
+
+
+def test_a_sqlite_store_keeps_artifacts_beside_its_file_or_where_configured(tmp_path, monkeypatch, caplog):
+    elsewhere = tmp_path / "job-working-dir"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # MLflow's own default would be ./mlruns here
+    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    (tmp_path / "store").mkdir()
+
+    tracker = MLflowTracker(uri, "exp", "run-a")
+    tracker.client.log_text(tracker.run_id, "a", "a.txt")
+    assert [p.name for p in (tmp_path / "store" / "mlartifacts").rglob("a.txt")] == ["a.txt"]
+    assert not (elsewhere / "mlruns").exists()
+
+    configured = tmp_path / "artifacts"
+    tracker = MLflowTracker(uri, "exp-b", "run-b", artifact_location=str(configured))
+    tracker.client.log_text(tracker.run_id, "b", "b.txt")
+    assert [p.name for p in configured.rglob("b.txt")] == ["b.txt"]
+
+    # An existing experiment keeps its location; a different configured one is reported, not used.
+    with caplog.at_level(logging.WARNING, logger="octvideo.train.tracking"):
+        tracker = MLflowTracker(uri, "exp", "run-c", artifact_location=str(tmp_path / "other"))
+    assert "applies to new experiments only" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="octvideo.train.tracking"):
+        MLflowTracker(uri, "exp-b", "run-d", artifact_location=str(configured))  # as created: nothing to report
+    assert "applies to new experiments only" not in caplog.text
+    tracker.client.log_text(tracker.run_id, "c", "c.txt")
+    assert [p.name for p in (tmp_path / "store" / "mlartifacts").rglob("c.txt")] == ["c.txt"]
+    assert not (tmp_path / "other").exists()
 
 
 def test_unreachable_server_refuses_to_start(tmp_path):
