@@ -4,7 +4,6 @@ marker of the tests that ``make test-fast`` leaves out."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,8 @@ from pathlib import Path
 from urllib.request import urlopen
 
 import pytest
+
+from tests.stack import free_ports
 
 # Tests that start services (the S3 server, MLflow servers, Ray, the local stack) or train or
 # compile for a minute: marked ``slow``, so that ``make test-fast`` (``-m "not slow"``) runs the
@@ -35,9 +36,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return free_ports(1)[0]
 
 
 @dataclass

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -22,15 +23,32 @@ BIN = Path(sys.executable).parent
 PORT_VARIABLES = ("S3", "MLFLOW", "RAY", "RAY_DASHBOARD", "RAY_CLIENT", "RAY_AGENT")
 
 
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
+def _listening_ports() -> range:
+    """Ports for the servers tests start: outside the kernel's ephemeral range, where every
+    outgoing connection takes its local port (one may take a port chosen there before its server
+    binds it: seen as Ray's client server failing to bind), and above Ray's worker ports
+    (10002-19999 by default)."""
     try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999  # Linux's default
+    return range(20000, low) if low > 21000 else range(high + 1, 65536)
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct ports nothing is bound to on 127.0.0.1, from :func:`_listening_ports`."""
+    candidates = _listening_ports()
+    chosen: list[int] = []
+    for port in random.sample(candidates, len(candidates)):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        chosen.append(port)
+        if len(chosen) == count:
+            return chosen
+    raise RuntimeError(f"fewer than {count} free ports in {candidates}")
 
 
 def read_env_file(path: Path) -> dict[str, str]:

@@ -4,7 +4,6 @@ fixed size; batch-norm statistics are pooled over ranks (two gloo processes)."""
 from __future__ import annotations
 
 import re
-import socket
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ from torch import nn
 
 from octvideo.data import BadVideo, BadVideoTracker, TooManyBadVideos
 from octvideo.train.distributed import Collectives
+from tests.conftest import free_port
 
 PACKAGE = Path(__file__).resolve().parents[2] / "octvideo"
 COLLECTIVE_CALL = re.compile(
@@ -59,9 +59,7 @@ def _pool_batch_norm(rank: int, port: int, path: str) -> None:
 
 
 def test_batch_norm_statistics_are_pooled_over_ranks(tmp_path: Path) -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     mp.spawn(_pool_batch_norm, args=(port, str(tmp_path / "stats")), nprocs=2)
     ranks = [torch.load(tmp_path / f"stats.{rank}") for rank in (0, 1)]
     base_mean, base_var = torch.tensor([1.0, 2.0, 3.0]), torch.tensor([1.0, 4.0, 9.0])

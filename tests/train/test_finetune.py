@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from octvideo.train.harness import LocalRun, harness_config, parse_args, synthet
 from octvideo.train.network import build_network
 from octvideo.train.pretrained import START_FILE, write_start
 from octvideo.train.trainer import Trainer
+from tests.conftest import free_port
 
 FROZEN = ("stem", "layer1")
 CLASSES = 3  # the source has 5: the head is re-initialised
@@ -91,9 +91,7 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.parametrize("zero_stage", [0, 1, 2, 3])
 def test_fine_tuning_at_every_zero_stage(zero_stage: int, source: Path, tmp_path: Path) -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     mp.spawn(_worker, args=(str(tmp_path), str(source), port, zero_stage), nprocs=2)
     result = json.loads((tmp_path / "result.json").read_text())
     start = load_weights(open(tmp_path / "start_moved_away.pt", "rb"))

@@ -8,7 +8,6 @@ import logging
 import os
 import pickle
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -35,16 +34,11 @@ from octvideo.train.tracking import (
     resolve_tracking_uri,
     start_tracker,
 )
+from tests.conftest import free_port
 from tests.faults.proxy import FaultyProxy
 
 FAKE_SECRET = "fake-Secret-7f3a9c"
 FAKE_ENV_SECRET = "fake-env-credential-51b2"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def config(tmp_path: Path, uri: str, **storage_options):
