@@ -24,9 +24,10 @@ from pathlib import Path
 import torch
 from _report import machine_name, write_section
 from torch.profiler import ProfilerActivity, profile
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.hooks import RemovableHandle
 
 from octvideo.models import build_model
+from octvideo.profile import profile_model
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYOUTS = {"channels-last": torch.channels_last_3d, "contiguous": torch.contiguous_format}
@@ -35,23 +36,16 @@ WHOLE = "whole network"
 CONVOLUTIONS = ("aten::mkldnn_convolution", "aten::slow_conv3d_forward", "aten::_slow_conv2d_forward")
 
 
-def stage_macs(model: torch.nn.Module, x: torch.Tensor) -> dict[str, int]:
-    """MACs of each of the model's direct children."""
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model(x)
-    counts = counter.get_flop_counts()
-    root = type(model).__name__
-    return {name: sum(counts.get(f"{root}.{name}", {}).values()) // 2 for name, _ in model.named_children()}
-
-
-def timed_stages(model: torch.nn.Module, times: dict[str, list[float]]) -> None:
+def timed_stages(model: torch.nn.Module, times: dict[str, list[float]]) -> list[RemovableHandle]:
     """Forward hooks that append each child's forward time (seconds) to ``times[name]``."""
     started: dict[str, float] = {}
+    handles = []
     for name, child in model.named_children():
-        child.register_forward_pre_hook(lambda _m, _a, name=name: started.__setitem__(name, time.perf_counter()))
-        child.register_forward_hook(
-            lambda _m, _a, _o, name=name: times.setdefault(name, []).append(time.perf_counter() - started[name])
-        )
+        handles.append(child.register_forward_pre_hook(
+            lambda _m, _a, name=name: started.__setitem__(name, time.perf_counter())))
+        handles.append(child.register_forward_hook(
+            lambda _m, _a, _o, name=name: times.setdefault(name, []).append(time.perf_counter() - started[name])))
+    return handles
 
 
 def operator_split(model: torch.nn.Module, x: torch.Tensor) -> tuple[float, float]:
@@ -72,25 +66,24 @@ def measure(args: argparse.Namespace) -> tuple[list[str], dict[float, dict]]:
     torch.set_num_threads(args.threads)
     fmt = LAYOUTS[args.layout]
     x = torch.randn(1, 3, args.frames, args.size, args.size).contiguous(memory_format=fmt)
-    models, results = {}, {}
+    models, steps, results = {}, {}, {}
     for alpha in args.alphas:
-        model = build_model("oct_i3d_r50", alpha=alpha, num_classes=400).eval()
-        results[alpha] = {"macs": stage_macs(model, x.contiguous()), "times": {}}
-        model = model.to(memory_format=fmt)
-        timed_stages(model, results[alpha]["times"])
-        models[alpha] = model
+        model = build_model("oct_i3d_r50", alpha=alpha, num_classes=400)
+        results[alpha] = {"macs": profile_model(model, x.contiguous()).stage_macs}
+        models[alpha] = model.to(memory_format=fmt).eval()
     with torch.no_grad():
         for model in models.values():
             for _ in range(3):
                 model(x)
-        for result in results.values():
-            result["times"].clear()
+        handles = [h for alpha, model in models.items() for h in timed_stages(model, steps.setdefault(alpha, {}))]
         for _ in range(args.rounds):
             for model in models.values():
                 model(x)
                 model(x)  # the second step of each round is the one kept
-        for result in results.values():
-            result["times"] = {name: statistics.median(times[1::2]) for name, times in result["times"].items()}
+        for handle in handles:
+            handle.remove()
+        for alpha, times in steps.items():
+            results[alpha]["times"] = {name: statistics.median(t[1::2]) for name, t in times.items()}
         splits: dict[float, list] = {alpha: [] for alpha in models}
         for _ in range(PROFILED_ROUNDS):
             for alpha, model in models.items():

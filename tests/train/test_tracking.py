@@ -88,13 +88,13 @@ def test_a_sqlite_store_keeps_artifacts_beside_its_file_or_where_configured(tmp_
     with caplog.at_level(logging.WARNING, logger="octvideo.train.tracking"):
         tracker = MLflowTracker(uri, "exp", "run-c", artifact_location=str(tmp_path / "other"))
     assert "applies to new experiments only" in caplog.text
+    tracker.client.log_text(tracker.run_id, "c", "c.txt")
+    assert [p.name for p in (tmp_path / "store" / "mlartifacts").rglob("c.txt")] == ["c.txt"]
+    assert not (tmp_path / "other").exists()
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="octvideo.train.tracking"):
         MLflowTracker(uri, "exp-b", "run-d", artifact_location=str(configured))  # as created: nothing to report
     assert "applies to new experiments only" not in caplog.text
-    tracker.client.log_text(tracker.run_id, "c", "c.txt")
-    assert [p.name for p in (tmp_path / "store" / "mlartifacts").rglob("c.txt")] == ["c.txt"]
-    assert not (tmp_path / "other").exists()
 
 
 def test_unreachable_server_refuses_to_start(tmp_path):
