@@ -231,7 +231,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--compile", action="store_true",
         help="compile the network (torch.compile, Inductor, freezing): the first video waits for the "
-        "compilation (tens of seconds), the others run faster (1.3-1.46x for Oct-I3D-R50 at batch 1 on an Intel Xeon)",
+        "compilation (tens of seconds), the others run faster (1.3-1.4x for Oct-I3D-R50 at batch 1 on an Intel Xeon)",
     )
     add_storage_option_argument(p)
     p.set_defaults(run=_run_predict)
