@@ -219,6 +219,19 @@ def request_timeout_s(timeout_s: float) -> float:
     return min(10.0, max(1.0, timeout_s / 10))
 
 
+# The slowest upload rate taken for progress: an upload attempt of n bytes that takes longer than
+# one request's answer time plus n bytes at this rate is treated as stalled and tried again.
+MIN_UPLOAD_BYTES_PER_S = 2**20
+
+
+def upload_deadline_s(nbytes: int, timeout_s: float) -> float:
+    """How long one attempt to upload ``nbytes`` may take when the caller gives up on storage
+    after ``timeout_s``: :func:`request_timeout_s` plus the bytes at ``MIN_UPLOAD_BYTES_PER_S``,
+    never over ``timeout_s``. A connection that goes silent mid-upload then costs one attempt,
+    not the whole budget: aiohttp waits for an S3 PUT's "100 Continue" with no timeout of its own."""
+    return min(timeout_s, request_timeout_s(timeout_s) + nbytes / MIN_UPLOAD_BYTES_PER_S)
+
+
 def bounded_storage_options(
     url: str | os.PathLike[str], storage_options: Mapping[str, Any] | None, timeout_s: float
 ) -> dict[str, Any]:

@@ -35,6 +35,7 @@ from octvideo.data.storage import (
     filesystem,
     retry_call,
     retry_storage_call,
+    upload_deadline_s,
     with_deadline,
 )
 from octvideo.train.checkpoint import TrainState, load_engine, save_engine, save_weights
@@ -159,7 +160,8 @@ def upload_checkpoint(checkpoint: ray.train.Checkpoint, checkpoint_dir_name: str
     }
 
     def copy() -> None:
-        with_deadline(fs, retry.max_total_sec, fs.put, checkpoint.path.rstrip("/") + "/", destination, recursive=True)
+        deadline_s = upload_deadline_s(sum(sizes.values()), retry.max_total_sec)
+        with_deadline(fs, deadline_s, fs.put, checkpoint.path.rstrip("/") + "/", destination, recursive=True)
         fs.invalidate_cache(destination)
         found = {os.path.relpath(path, destination): info["size"] for path, info in fs.find(destination, detail=True).items()}
         missing = sorted(name for name, size in sizes.items() if found.get(name) != size)
@@ -238,7 +240,8 @@ class _RetriedUpload(io.BytesIO):
     def close(self) -> None:
         if not self.closed:
             data = self.getvalue()
-            upload = functools.partial(with_deadline, self.fs, self.retry.max_total_sec, self.fs.pipe_file, self.path, data)
+            deadline_s = upload_deadline_s(len(data), self.retry.max_total_sec)
+            upload = functools.partial(with_deadline, self.fs, deadline_s, self.fs.pipe_file, self.path, data)
             retry_call(upload, self.retry, what=f"writing {self.path}")
         super().close()
 

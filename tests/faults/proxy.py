@@ -34,6 +34,9 @@ class FaultyProxy:
       match a pattern (an HTTP request line, say); :meth:`freeze` stops it at once, with new
       connections still accepted (an endpoint that answers nothing: a black-holed path, a stuck
       load balancer); :meth:`thaw` lets it flow again.
+    * :meth:`stall_on` silences, for good, the one connection whose client sends bytes that match
+      a pattern, and only it (a connection a NAT or load balancer forgot mid-request): new
+      connections work.
     * ``rtt_s`` delays every byte by half of it in each direction, order kept, throughput not
       limited: what a store tens of milliseconds away adds to each request.
     * ``requests`` lists the HTTP request lines clients sent (``b"GET /bucket/key"``), in order.
@@ -55,6 +58,8 @@ class FaultyProxy:
         self._flowing.set()
         self._trigger: re.Pattern[bytes] | None = None
         self._occurrence = 1
+        self._stall: re.Pattern[bytes] | None = None
+        self._stalled: set[socket.socket] = set()
         self._matches: collections.Counter = collections.Counter()
         self._lock = threading.Lock()
         self._connections: set[socket.socket] = set()
@@ -100,6 +105,11 @@ class FaultyProxy:
         """Answer every ``n``-th GET with HTTP 503 SlowDown instead of forwarding it (0: never)."""
         self._throttle_every = n
 
+    def stall_on(self, pattern: bytes) -> None:
+        """Silence the next connection whose client sends bytes that match ``pattern``: nothing
+        more passes it either way, and it is not closed."""
+        self._stall = re.compile(pattern)
+
     def freeze(self) -> None:
         """Stop all traffic now; connections are still accepted and kept open, silent."""
         self._flowing.clear()
@@ -110,8 +120,15 @@ class FaultyProxy:
         self._flowing.set()
 
     def _reset(self, connection: socket.socket) -> None:
-        # SO_LINGER 0: close with a reset, not a graceful FIN.
-        connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        # SO_LINGER 0: close with a reset, not a graceful FIN. A close alone would not reach the
+        # client: on Linux the socket lives on, silent, while its pump thread waits in recv(), so
+        # the client would see a black hole, not a reset. shutdown(SHUT_RD) ends that recv() first
+        # (and sends nothing), so the close is the last reference and sends the reset.
+        try:
+            connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            connection.shutdown(socket.SHUT_RD)
+        except OSError:  # the peer has gone already
+            pass
         connection.close()
         self.resets += 1
 
@@ -146,6 +163,10 @@ class FaultyProxy:
                     if self._throttled(lines):
                         source.sendall(_SLOW_DOWN)  # the GET has no body: nothing else to drop
                         continue
+                stall = self._stall
+                if from_client and stall is not None and stall.search(data):
+                    self._stall = None
+                    self._stalled.add(source)
                 trigger = self._trigger
                 match = trigger.search(data) if from_client and trigger is not None else None
                 if match:
@@ -177,7 +198,8 @@ class FaultyProxy:
             while (item := chunks.get()) is not None:
                 due, data = item
                 time.sleep(max(0.0, due - time.monotonic()))
-                target.sendall(data)  # read while traffic flowed: delivered as it would have been at once
+                if not self._stalled & {source, target}:
+                    target.sendall(data)  # read while traffic flowed: delivered as it would have been at once
         except OSError:
             pass
         finally:

@@ -78,3 +78,22 @@ def test_run_storage_and_starting_weights_end_within_the_bound(silent) -> None:
     assert is_transient(error) and proxy.url in str(error), repr(error)
     print(f"silent endpoint, bound {BOUND} s: run state write failed after {written:.1f} s, weights read after {read:.1f} s")
     assert written < BOUND + SLACK and read < request_timeout_s(BOUND) * 3 + 3  # one request, retried by the caller
+
+
+def test_an_upload_on_a_connection_gone_silent_is_tried_again(silent) -> None:
+    """One connection goes silent mid-upload (an S3 PUT waits for "100 Continue" with no timeout
+    of its own): the attempt ends after one request's time plus the bytes at the slowest rate
+    taken for progress, and the retry on a new connection writes the file, well within the bound."""
+    proxy, config = silent
+    checkpoint = config.checkpoint
+    path, fs = run_storage(checkpoint.storage_path, checkpoint.storage_options, RetryPolicy.for_outages_up_to(BOUND))
+    proxy.stall_on(rb"PUT \S*/stalled\.json ")
+    started = time.monotonic()
+    with fs.open_output_stream(f"{path}/stalled.json") as out:
+        out.write(b"{}")
+    took = time.monotonic() - started
+    puts = [line for line in proxy.requests if line.startswith(b"PUT ") and b"stalled.json" in line]
+    print(f"upload on a connection gone silent: {len(puts)} attempts, {took:.1f} s (bound {BOUND} s)")
+    assert len(puts) >= 2 and took < BOUND
+    with fs.open_input_stream(f"{path}/stalled.json") as stored:
+        assert stored.read() == b"{}"
