@@ -10,14 +10,19 @@ import torch
 
 
 def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo``), e.g. "Intel(R) Xeon(R) Processor"."""
+    """The CPU's model name (``/proc/cpuinfo``) and the widest vector instructions PyTorch uses
+    on it, e.g. "Intel(R) Xeon(R) Processor (AVX512)". Machines of one kind report the same model
+    name with different instruction sets ("AMD EPYC" with and without AVX-512), and the speed of
+    the split channel groups depends on the vector width."""
+    name = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+                name = line.split(":", 1)[1].strip()
+                break
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return f"{name} ({torch.backends.cpu.get_cpu_capability()})"
 
 
 def machine_name(device: str) -> str:

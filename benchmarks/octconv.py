@@ -16,6 +16,13 @@ warm-up: on CPU the bytes of the distinct tensors autograd saves for the backwar
 (deterministic), on GPU the peak allocated during a forward + backward above what was
 allocated before it (the total peak is reported too).
 
+Each table runs in a process of its own, as a user's training or ``octvideo predict``
+process would: a table measured after others in the same process inherits their state.
+On an AMD EPYC (AVX2), the 1-thread channels-last inference table measured after the
+training tables ran alpha = 0.5 at 1.21x and 1.38x the MAC ratio, and in a fresh process at
+1.03x to 1.12x (2026-12-01; the cause was not pinned down, the allocator's heap after
+training's gigabytes being the first suspect).
+
 Compiled models (``torch.compile``, Inductor, one graph per network: a model that does
 not compile into one is reported, not timed) run side by side with eager ones at
 ``--compiled-alphas`` (default 0 and 0.5), in the first layout measured only (compiling
@@ -34,10 +41,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import statistics
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -183,6 +192,12 @@ def run(args: argparse.Namespace, table: Table, modes: list[str]) -> list[dict]:
     return rows + failed
 
 
+def run_in_fresh_process(args: argparse.Namespace, table: Table, modes: list[str]) -> list[dict]:
+    """:func:`run` in a new Python process (see the module docstring for why)."""
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(run, args, table, modes).result()
+
+
 def table_text(rows: list[dict]) -> str:
     memory = rows[0]["memory"] is not None
     gpu = rows[0]["peak_memory"] is not None
@@ -309,7 +324,7 @@ def main() -> None:
     print(setup)
     body, rows = [setup], []
     for table, modes in tables(args):
-        table_rows = run(args, table, modes)
+        table_rows = run_in_fresh_process(args, table, modes)
         rows += table_rows
         for mode in modes:
             mode_rows = [r for r in table_rows if r["mode"] == mode]

@@ -24,7 +24,8 @@ def test_octconv_benchmark_runs_and_writes_its_section(tmp_path):
         assert f"At alpha = 0.5 ({label}, eager): time ratio" in text
     assert "| 0.5 |" in text and text.count("activation memory") >= 2 and "At alpha = 0.25: " in text
     # A second run replaces its own section (one per CPU model) rather than appending another.
-    subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=True)
+    subprocess.run([*cmd, "--regime", "inference", "--layout", "channels-last"], capture_output=True, text=True,
+                   timeout=300, check=True)
     assert out.read_text().count("## Oct-I3D-R50, CPU fp32: ") == 1
 
 
