@@ -313,7 +313,8 @@ def main() -> None:
     machine = machine_name(args.device)
     setup = (
         f"Machine: {machine}; torch {torch.__version__}. oct_i3d_r50, {args.frames}x{args.size}x{args.size} clips, "
-        f"{precision}. Training: forward + backward; inference: forward without gradients. Median of {args.rounds} "
+        f"{precision}. Training: forward + backward; inference: forward without gradients. Each table in a fresh "
+        f"process. Median of {args.rounds} "
         f"interleaved rounds (second of two steps per round) after {WARMUP} warm-up steps. MACs from "
         "`torch.utils.flop_counter`; activation memory = "
         + ("peak allocated during a forward + backward above the memory allocated before it; peak = total peak "
