@@ -5,16 +5,17 @@
   of the paper's own speed claim (its Table 2: CPU, batch 1), at 1 and 2 threads, both
   layouts (CPU only).
 
-All alphas of a table are measured side by side in one run, on the same input,
-interleaved round by round so that drift of the machine (thermal, other load) hits every
-alpha alike; in each round a model runs two steps and the second is timed (the first
-after a switch re-faults the memory the allocator gave back), and the reported time is
-the median of the rounds. Before that, each model runs WARMUP steps (allocator, cuDNN's
-algorithm search, compilation); the first one's time is kept: for a compiled model, that
-is the compilation time. Memory is the activation memory of training, measured after the
-warm-up: on CPU the bytes of the distinct tensors autograd saves for the backward pass
-(deterministic), on GPU the peak allocated during a forward + backward above what was
-allocated before it (the total peak is reported too).
+All alphas of a table are measured side by side in one run, on the same input, interleaved
+round by round so that drift of the machine (thermal, other load) hits every alpha alike; in
+each round a model runs two steps and the second is timed (the first after a switch
+re-faults the memory the allocator gave back). The reported time is the median of the rounds,
+the time ratio the median of the rounds' own ratios (each round's time against the plain
+network's in the same round), with their range beside it. Before that, each model runs
+WARMUP steps (allocator, cuDNN's algorithm search, compilation); the first one's time is
+kept: for a compiled model, that is the compilation time. Memory is the activation memory of
+training, measured after the warm-up: on CPU the bytes of the distinct tensors autograd
+saves for the backward pass (deterministic), on GPU the peak allocated during a forward +
+backward above what was allocated before it (the total peak is reported too).
 
 Each table runs in a process of its own, as a user's training or ``octvideo predict``
 process would: a table measured after others in the same process inherits their state.
@@ -186,7 +187,11 @@ def run(args: argparse.Namespace, table: Table, modes: list[str]) -> list[dict]:
     for row in rows:
         base = next(r for r in rows if r["mode"] == row["mode"])
         row["time"] = statistics.median(row["times"])
-        row["time_ratio"] = row["time"] / base["time"]
+        # Paired by round: a round's ratio compares steps taken moments apart, so drift of the
+        # machine between rounds (on a shared VM, the plain network's own time moved by a third
+        # between runs) cancels out of it.
+        row["round_ratios"] = [t / b for t, b in zip(row["times"], base["times"])]
+        row["time_ratio"] = statistics.median(row["round_ratios"])
         row["mac_ratio"] = row["macs"] / base["macs"]
         row["memory_ratio"] = None if row["memory"] is None else row["memory"] / base["memory"]
     return rows + failed
@@ -201,11 +206,12 @@ def run_in_fresh_process(args: argparse.Namespace, table: Table, modes: list[str
 def table_text(rows: list[dict]) -> str:
     memory = rows[0]["memory"] is not None
     gpu = rows[0]["peak_memory"] is not None
-    header = "| alpha | GMACs | time (s) | time ratio | MAC ratio | time ratio / MAC ratio |"
+    header = "| alpha | GMACs | time (s) | time ratio | rounds' range | MAC ratio | time ratio / MAC ratio |"
     header += " activation MiB | memory ratio |" * memory + " peak MiB |" * gpu
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for r in rows:
-        line = (f"| {r['alpha']:g} | {r['macs'] / 1e9:.1f} | {r['time']:.3f} | {r['time_ratio']:.3f} | "
+        spread = f"{min(r['round_ratios']):.3f}-{max(r['round_ratios']):.3f}"
+        line = (f"| {r['alpha']:g} | {r['macs'] / 1e9:.1f} | {r['time']:.3f} | {r['time_ratio']:.3f} | {spread} | "
                 f"{r['mac_ratio']:.3f} | {r['time_ratio'] / r['mac_ratio']:.3f} |")
         if memory:
             line += f" {r['memory'] / 2**20:.0f} | {r['memory_ratio']:.3f} |"
@@ -276,7 +282,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="inference thread counts")
     parser.add_argument("--frames", type=int, default=8)
     parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--layout", choices=[*LAYOUTS, "both"], default="both",
                         help="memory layout of activations; 'both' measures each, one after the other")
     parser.add_argument("--compile", choices=[*MODES, "both"], default=None,
@@ -315,7 +321,8 @@ def main() -> None:
         f"Machine: {machine}; torch {torch.__version__}. oct_i3d_r50, {args.frames}x{args.size}x{args.size} clips, "
         f"{precision}. Training: forward + backward; inference: forward without gradients. Each table in a fresh "
         f"process. Median of {args.rounds} "
-        f"interleaved rounds (second of two steps per round) after {WARMUP} warm-up steps. MACs from "
+        f"interleaved rounds (second of two steps per round) after {WARMUP} warm-up steps; time ratio = median of "
+        "the rounds' ratios to alpha = 0. MACs from "
         "`torch.utils.flop_counter`; activation memory = "
         + ("peak allocated during a forward + backward above the memory allocated before it; peak = total peak "
            "allocated." if cuda else "bytes autograd saves for backward.")
