@@ -37,10 +37,11 @@ from octvideo.profile import profile_model
 from octvideo.train.checkpoint import load_weights
 from octvideo.train.config import ConfigError, ExperimentConfig, check_inputs, config_to_dict
 from octvideo.train.finetune import check_parts
-from octvideo.train.loop import WEIGHTS_FILE, run_storage, train_loop_per_worker
+from octvideo.train.loop import WEIGHTS_FILE, train_loop_per_worker
 from octvideo.train.model_registry import Registration
 from octvideo.train.network import build_network, network_options
 from octvideo.train.pretrained import start_file, start_from_source, write_start
+from octvideo.train.run_storage import run_storage
 from octvideo.train.run_summary import DESCRIPTION_TAG, MANIFEST_CONTEXTS, manifest_datasets, run_description
 from octvideo.train.tracking import Tracker, start_tracker
 

@@ -10,7 +10,7 @@ from urllib.parse import urlparse
 import pytest
 
 from octvideo.data.storage import RetryPolicy, is_transient
-from octvideo.train.loop import run_storage
+from octvideo.train.run_storage import run_storage
 from tests.conftest import S3Server
 from tests.faults.proxy import FaultyProxy
 

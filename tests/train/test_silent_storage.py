@@ -15,8 +15,8 @@ import torch
 from octvideo.data.storage import RetryPolicy, StorageUnavailable, is_transient, request_timeout_s
 from octvideo.train.config import ConfigError, check_inputs, parse_config
 from octvideo.train.job import read_manifest
-from octvideo.train.loop import run_storage
 from octvideo.train.pretrained import read_start, write_start
+from octvideo.train.run_storage import run_storage
 from tests.conftest import S3Server
 from tests.faults.proxy import FaultyProxy
 
