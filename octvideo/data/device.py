@@ -43,19 +43,7 @@ def normalize(
 ) -> torch.Tensor:
     """uint8 ``(B, C, T, H, W)`` -> ``(x / 255 - mean) / std`` as ``dtype``, on ``clips``' device;
     in ``torch.channels_last_3d`` memory format when ``channels_last``."""
-    _check_batch(clips)
-    if len(mean) != clips.shape[1]:
-        raise ValueError(f"mean and std need one value per channel ({clips.shape[1]}); got {mean}, {std}")
-    return _apply_affine(clips, *_affine(mean, std, clips.device), dtype, channels_last)
-
-
-def _apply_affine(
-    clips: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, dtype: torch.dtype, channels_last: bool
-) -> torch.Tensor:
-    if channels_last:
-        clips = clips.contiguous(memory_format=torch.channels_last_3d)
-    # float32 arithmetic whatever ``dtype``, so that bfloat16 inputs are rounded only once.
-    return (clips.to(torch.float32) * scale - shift).to(dtype)
+    return model_input(clips, None, mean=mean, std=std, dtype=dtype, channels_last=channels_last)
 
 
 def slowfast_pathways(clips: torch.Tensor, speed_ratio: int = 4) -> list[torch.Tensor]:
@@ -84,8 +72,7 @@ def model_input(
 ) -> torch.Tensor | list[torch.Tensor]:
     """A uint8 batch as a model's input: normalised, and split into ``[slow, fast]`` for a
     SlowFast network (give its ``speed_ratio``; None for single-pathway networks)."""
-    x = normalize(clips, mean, std, dtype=dtype, channels_last=channels_last)
-    return x if speed_ratio is None else slowfast_pathways(x, speed_ratio)
+    return DeviceInput(clips.device, speed_ratio, mean=mean, std=std, dtype=dtype, channels_last=channels_last)(clips)
 
 
 class DeviceInput:
@@ -94,7 +81,7 @@ class DeviceInput:
     The batch is copied without blocking the host (from pinned memory, as a DataLoader with
     ``pin_memory`` gives it), normalised with constants built once on ``device``, laid out
     channels-last when asked, and split into ``[slow, fast]`` for a SlowFast network
-    (``speed_ratio``). The arithmetic is :func:`model_input`'s.
+    (``speed_ratio``). :func:`model_input` does the same for one batch where it lies.
     """
 
     def __init__(
@@ -117,5 +104,8 @@ class DeviceInput:
         if clips.shape[1] != self.channels:
             raise ValueError(f"expected {self.channels} channels, got a batch of {tuple(clips.shape)}")
         clips = clips.to(self.device, non_blocking=True)
-        x = _apply_affine(clips, self.scale, self.shift, self.dtype, self.channels_last)
+        if self.channels_last:
+            clips = clips.contiguous(memory_format=torch.channels_last_3d)
+        # float32 arithmetic whatever ``dtype``, so that bfloat16 inputs are rounded only once.
+        x = (clips.to(torch.float32) * self.scale - self.shift).to(self.dtype)
         return x if self.speed_ratio is None else slowfast_pathways(x, self.speed_ratio)
