@@ -27,16 +27,12 @@ from octvideo.data.storage import RetryPolicy, retry_storage_call
 from octvideo.train.checkpoint import TrainState, load_engine, save_engine, save_weights
 from octvideo.train.config import ExperimentConfig, parse_config
 from octvideo.train.pretrained import read_start, start_file
-from octvideo.train.run_storage import upload_checkpoint
+from octvideo.train.run_storage import WEIGHTS_FILE, upload_checkpoint
 from octvideo.train.tracking import NullTracker
 from octvideo.train.trainer import Trainer
 from octvideo.train.worker_logs import quiet_library_logs
 
 logger = logging.getLogger(__name__)
-
-#: The exported weights, in the run's folder.
-WEIGHTS_FILE = "model_fp32.pt"
-
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """Ray Train's per-worker function. ``loop_config``: ``config`` (an ExperimentConfig as a

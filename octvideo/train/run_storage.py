@@ -1,6 +1,7 @@
 """The run's storage as Ray Train sees it: a folder, or an fsspec URL wrapped as a pyarrow
 filesystem whose every call retries through storage outages (:func:`run_storage`), and the
-checkpoint upload that goes through fsspec instead of Ray's own copy (:func:`upload_checkpoint`).
+checkpoint upload that goes through fsspec instead of Ray's own copy (:func:`upload_checkpoint`);
+and the name of the exported weights in the run's folder (:data:`WEIGHTS_FILE`).
 
 A module of its own, light to import: Ray Train's controller unpickles the storage filesystem
 of the ``RunConfig``, and so imports the module that defines it. Defined in the training loop,
@@ -31,6 +32,9 @@ from octvideo.data.storage import (
     upload_deadline_s,
     with_deadline,
 )
+
+#: The exported fp32 weights, in the run's folder.
+WEIGHTS_FILE = "model_fp32.pt"
 
 
 def upload_checkpoint(checkpoint: ray.train.Checkpoint, checkpoint_dir_name: str, retry: RetryPolicy) -> ray.train.Checkpoint:
