@@ -16,6 +16,7 @@ from octvideo.train.config import ClipConfig
 from octvideo.train.model_registry import register_trained_model
 from tests.data.videos import HTML_ERROR_PAGE, write_bytes, write_video
 
+TOP_K_LINE = re.compile(r"  (\d\.\d{4})  (\w+)")  # the CLI's line for one class: probability, label
 LABELS = {"archery": 0, "bowling": 1, "cooking": 2, "dancing": 3, "eating": 4, "fencing": 5}
 
 
@@ -50,7 +51,7 @@ def test_predict_cli_prints_top5_and_reports_broken_videos(tmp_path, registered,
     blocks = out.strip().split("\n")
     assert blocks[0] == str(good[0]) and blocks[6] == str(good[1]) and len(blocks) == 12
     for lines in (blocks[1:6], blocks[7:12]):
-        rows = [re.fullmatch(r"  (\d\.\d{4})  (\w+)", line) for line in lines]
+        rows = [TOP_K_LINE.fullmatch(line) for line in lines]
         assert all(rows), lines
         probs = [float(row[1]) for row in rows]
         assert probs == sorted(probs, reverse=True) and all(row[2] in LABELS for row in rows)
@@ -74,7 +75,7 @@ def test_views_average_to_a_distribution(tmp_path, registered):
 
 def printed_top_k(out: str) -> dict[str, float]:
     """Label -> probability from the CLI's lines for one video."""
-    return {row[2]: float(row[1]) for row in re.finditer(r"  (\d\.\d{4})  (\w+)", out)}
+    return {row[2]: float(row[1]) for row in TOP_K_LINE.finditer(out)}
 
 
 def test_compiled_model_predicts_what_the_eager_one_does(tmp_path, registered, capsys):

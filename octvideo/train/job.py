@@ -151,7 +151,7 @@ def _write_start(model: torch.nn.Module, config: ExperimentConfig) -> None:
 def _train_on_worker(loop_config: dict) -> None:
     """:func:`octvideo.train.loop.train_loop_per_worker`, imported where it runs: the loop's imports
     (the data path, torchvision's transforms with torch's compiler stack) are the workers' own, not
-    the driver's, which only hands this function to Ray Train (4 s of each job's start on a 2-vCPU
+    the driver's, which only hands this function to Ray Train (3 s of each job's start on a 2-vCPU
     AMD EPYC with AVX2)."""
     from octvideo.train.loop import train_loop_per_worker
 

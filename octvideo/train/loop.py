@@ -34,6 +34,7 @@ from octvideo.train.worker_logs import quiet_library_logs
 
 logger = logging.getLogger(__name__)
 
+
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """Ray Train's per-worker function. ``loop_config``: ``config`` (an ExperimentConfig as a
     dict) and optional ``tracker`` (called on rank 0)."""
